@@ -1,0 +1,537 @@
+"""Local mode: the platform's services as supervised processes on this machine.
+
+State, logs and pid files live under PLATFORM_HOME (default `.platform/`): `data/<service>/`,
+`logs/<service>.log`, `run/<service>.pid`. Each service runs in its own session (process group),
+so `down` can stop it and every child it forked, and then proves its ports are free again.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlops_platform import health
+from mlops_platform.services import (
+    BY_NAME,
+    PROMETHEUS_CONFIG,
+    SERVICES,
+    Service,
+    airflow_home,
+    data_dir,
+    java_command,
+    kafka_cluster_id,
+    kafka_properties,
+    local_launch,
+    log_file,
+    merged_env,
+    pid_file,
+    postgres_bindir,
+    services_of,
+)
+from mlops_platform.settings import Settings
+
+POLL_SECONDS = 0.25
+STOP_TIMEOUT_SECONDS = 30.0
+ONE_SHOT_TIMEOUT_SECONDS = 600.0
+
+
+class PlatformError(RuntimeError):
+    """A failure the user can act on; the message says what and where to look."""
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes and ports
+# ---------------------------------------------------------------------------------------------
+def read_pid(settings: Settings, name: str) -> int | None:
+    path = pid_file(settings, name)
+    try:
+        pid = int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    if group_alive(pid):
+        return pid
+    path.unlink(missing_ok=True)
+    return None
+
+
+def group_alive(pgid: int) -> bool:
+    """True while any process of the service's process group is alive (zombies excluded)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return any(not _is_zombie(pid) for pid in _group_members(pgid))
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid:
+                members.append(int(entry.name))
+    return members
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def ports_of(service: Service, settings: Settings) -> list[int]:
+    if service.port is None:
+        return []
+    return [service.port(settings), *service.extra_ports(settings)]
+
+
+def port_in_use(address: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return True
+            raise
+    return False
+
+
+def wait_until(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(POLL_SECONDS)
+    return predicate()
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log yet)"
+
+
+# ---------------------------------------------------------------------------------------------
+# Running as root: PostgreSQL refuses to, so it runs as the `postgres` user Debian creates.
+# ---------------------------------------------------------------------------------------------
+def postgres_user() -> pwd.struct_passwd | None:
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam("postgres")
+    except KeyError:
+        raise PlatformError("running as root needs the 'postgres' system user: run `bash run.sh setup`") from None
+
+
+def _traversable(path: Path, user: pwd.struct_passwd) -> bool:
+    for parent in [path, *path.parents]:
+        if not parent.exists():
+            continue
+        st = parent.stat()
+        mode = st.st_mode
+        if st.st_uid == user.pw_uid:
+            ok = mode & 0o100
+        elif st.st_gid == user.pw_gid:
+            ok = mode & 0o010
+        else:
+            ok = mode & 0o001
+        if not ok:
+            return False
+    return True
+
+
+def postgres_data(settings: Settings) -> Path:
+    """The data directory; as root under a folder the postgres user cannot reach, a linked one."""
+    link = data_dir(settings, "postgres")
+    user = postgres_user()
+    if user is None or _traversable(link.parent, user):
+        return link
+    key = hashlib.sha1(str(settings.home).encode()).hexdigest()[:12]
+    return Path(user.pw_dir) / f"ride-mlops-{key}"
+
+
+def _prepare_postgres(settings: Settings) -> None:
+    data = postgres_data(settings)
+    link = data_dir(settings, "postgres")
+    if data != link and not link.is_symlink():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(link, ignore_errors=True)
+        link.symlink_to(data)
+    if (data / "PG_VERSION").exists():
+        return
+    user = postgres_user()
+    data.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=data.parent, delete=False) as pwfile:
+        pwfile.write(settings.postgres_password + "\n")
+    try:
+        if user is not None:
+            os.chown(data, user.pw_uid, user.pw_gid)
+            os.chown(pwfile.name, user.pw_uid, user.pw_gid)
+        data.chmod(0o700)
+        result = subprocess.run(
+            [str(postgres_bindir() / "initdb"), "-D", str(data), "-U", settings.postgres_user,
+             f"--pwfile={pwfile.name}", "--auth=scram-sha-256", "-E", "UTF8", "--no-locale"],
+            capture_output=True, text=True, cwd=data.parent,
+            user=user.pw_uid if user else None, group=user.pw_gid if user else None,
+            extra_groups=[] if user else None,
+        )
+    finally:
+        os.unlink(pwfile.name)
+    if result.returncode != 0:
+        shutil.rmtree(data, ignore_errors=True)
+        raise PlatformError(f"initdb failed:\n{result.stdout}{result.stderr}")
+
+
+def _create_databases(settings: Settings) -> None:
+    import psycopg2
+
+    conn = psycopg2.connect(settings.postgres_dsn("postgres"), connect_timeout=3)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("select datname from pg_database")
+            existing = {row[0] for row in cur.fetchall()}
+            for database in settings.databases:
+                if database not in existing:
+                    cur.execute(f'create database "{database}"')
+                    say(f"  created database {database}")
+    finally:
+        conn.close()
+
+
+def drop_database(settings: Settings, database: str) -> None:
+    """Forget one stack's database (down --volumes of mlflow or airflow); no-op when PostgreSQL is down."""
+    import psycopg2
+
+    try:
+        conn = psycopg2.connect(settings.postgres_dsn("postgres"), connect_timeout=3)
+    except psycopg2.OperationalError:
+        return
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'drop database if exists "{database}" with (force)')
+        cur.execute(f'create database "{database}"')
+    conn.close()
+    say(f"  emptied database {database}")
+
+
+def _prepare_kafka(settings: Settings) -> None:
+    config = settings.home / "kafka" / "server.properties"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(kafka_properties(settings))
+    if (data_dir(settings, "kafka") / "meta.properties").exists():
+        return
+    data_dir(settings, "kafka").mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        java_command(settings, "kafka.tools.StorageTool", "format", "-t", kafka_cluster_id(),
+                     "-c", str(config), "--ignore-formatted"),
+        capture_output=True, text=True,
+    )
+    if result.returncode != 0:
+        raise PlatformError(f"formatting Kafka's storage failed:\n{result.stdout}{result.stderr}")
+
+
+def render_prometheus_config(settings: Settings) -> str:
+    """docker-compose targets (service:port) rewritten to this machine's host and ports."""
+    local_targets = {
+        "prometheus:9090": f"127.0.0.1:{settings.prometheus_port}",
+        "mlflow:5000": f"127.0.0.1:{settings.mlflow_port}",
+        "serving:8000": f"127.0.0.1:{settings.serving_port}",
+    }
+    text = PROMETHEUS_CONFIG.read_text()
+    return re.sub(r"\b[a-z][a-z0-9-]*:\d+\b", lambda m: local_targets.get(m.group(0), m.group(0)), text)
+
+
+def _prepare_prometheus(settings: Settings) -> None:
+    target = settings.home / "prometheus" / "prometheus.yml"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(render_prometheus_config(settings))
+    rules = PROMETHEUS_CONFIG.parent / "rules"
+    if rules.is_dir():
+        shutil.copytree(rules, target.parent / "rules", dirs_exist_ok=True)
+
+
+PREPARE = {
+    "postgres": _prepare_postgres,
+    "kafka": _prepare_kafka,
+    "prometheus": _prepare_prometheus,
+}
+AFTER_START = {"postgres": _create_databases}
+
+
+# ---------------------------------------------------------------------------------------------
+# Start, stop, inspect one service
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class ServiceState:
+    name: str
+    running: bool
+    healthy: bool
+    detail: str
+
+
+def state_of(service: Service, settings: Settings) -> ServiceState:
+    if service.docker_only:
+        return ServiceState(service.name, False, False, "docker mode only")
+    if service.one_shot:
+        return ServiceState(service.name, False, True, "one-shot, runs at `up`")
+    pid = read_pid(settings, service.name)
+    if pid is None:
+        return ServiceState(service.name, False, False, "stopped")
+    healthy, detail = health.check(service.name, settings)
+    return ServiceState(service.name, True, healthy, detail)
+
+
+def _spawn(service: Service, settings: Settings) -> int:
+    command = local_launch(service, settings)
+    log = log_file(settings, service.name)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    pid_file(settings, service.name).parent.mkdir(parents=True, exist_ok=True)
+    user = postgres_user() if service.name == "postgres" else None
+    cwd = postgres_data(settings) if user else settings.home
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            command.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            env=merged_env(command.env), cwd=cwd, start_new_session=True,
+            user=user.pw_uid if user else None, group=user.pw_gid if user else None,
+            extra_groups=[] if user else None,
+        )
+    pid_file(settings, service.name).write_text(f"{process.pid}\n")
+    return process.pid
+
+
+def start(service: Service, settings: Settings) -> None:
+    if read_pid(settings, service.name) is None:
+        for port in ports_of(service, settings):
+            if port_in_use(settings.listen_address, port):
+                raise PlatformError(
+                    f"{service.name} cannot start: port {port} on {settings.listen_address} is already in use "
+                    f"by another process. Stop that process or choose another port in .env."
+                )
+        data_dir(settings, service.name).mkdir(parents=True, exist_ok=True)
+        if service.name in PREPARE:
+            PREPARE[service.name](settings)
+        pid = _spawn(service, settings)
+        say(f"  {service.name}: started (pid {pid}), waiting until healthy ...")
+    started = time.monotonic()
+    _wait_healthy(service, settings)
+    if service.name in AFTER_START:
+        AFTER_START[service.name](settings)
+        _wait_healthy(service, settings)
+    say(f"  {service.name}: healthy after {time.monotonic() - started:.1f}s")
+
+
+def _wait_healthy(service: Service, settings: Settings) -> None:
+    deadline = time.monotonic() + settings.health_timeout
+    detail = ""
+    while time.monotonic() < deadline:
+        pid = read_pid(settings, service.name)
+        if pid is None:
+            raise PlatformError(
+                f"{service.name} exited during start-up. Last lines of {log_file(settings, service.name)}:\n"
+                f"{tail(log_file(settings, service.name))}"
+            )
+        # PostgreSQL's databases are created right after the server answers.
+        ok, detail = (health.check(service.name, settings) if service.name != "postgres"
+                      else _postgres_server_answers(settings))
+        if ok:
+            return
+        time.sleep(POLL_SECONDS)
+    stop(service, settings)
+    raise PlatformError(
+        f"{service.name} was not healthy within {settings.health_timeout:.0f}s ({detail}); stopped it. "
+        f"Log: {log_file(settings, service.name)}\n{tail(log_file(settings, service.name))}"
+    )
+
+
+def _postgres_server_answers(settings: Settings) -> tuple[bool, str]:
+    import psycopg2
+
+    try:
+        psycopg2.connect(settings.postgres_dsn("postgres"), connect_timeout=3).close()
+    except psycopg2.OperationalError as exc:
+        return False, str(exc).strip().splitlines()[0]
+    return True, "server answers"
+
+
+def run_one_shot(service: Service, settings: Settings) -> None:
+    log = log_file(settings, service.name)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    command = local_launch(service, settings)
+    say(f"  {service.name}: running ...")
+    started = time.monotonic()
+    with open(log, "ab") as out:
+        result = subprocess.run(command.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                env=merged_env(command.env), cwd=settings.home,
+                                timeout=ONE_SHOT_TIMEOUT_SECONDS)
+    if result.returncode != 0:
+        raise PlatformError(f"{service.name} failed (exit {result.returncode}). Last lines of {log}:\n{tail(log)}")
+    say(f"  {service.name}: done in {time.monotonic() - started:.1f}s")
+
+
+def stop(service: Service, settings: Settings) -> bool:
+    """Stop the service and everything it forked; True when something was running."""
+    pid = read_pid(settings, service.name)
+    if pid is None:
+        return False
+    try:
+        os.killpg(pid, getattr(signal, service.stop_signal))
+    except ProcessLookupError:
+        pass
+    if not wait_until(lambda: not group_alive(pid), STOP_TIMEOUT_SECONDS):
+        say(f"  {service.name}: still running after {STOP_TIMEOUT_SECONDS:.0f}s, sending SIGKILL")
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        wait_until(lambda: not group_alive(pid), 10)
+    pid_file(settings, service.name).unlink(missing_ok=True)
+    for port in ports_of(service, settings):
+        if not wait_until(lambda: not port_in_use(settings.listen_address, port), 10):
+            raise PlatformError(f"{service.name} stopped but port {port} is still in use")
+    say(f"  {service.name}: stopped")
+    return True
+
+
+def delete_data(service: Service, settings: Settings) -> None:
+    if service.name == "postgres":
+        shutil.rmtree(postgres_data(settings), ignore_errors=True)
+        link = data_dir(settings, "postgres")
+        if link.is_symlink():
+            link.unlink()
+    elif service.name == "mlflow":
+        drop_database(settings, settings.mlflow_db)
+        shutil.rmtree(data_dir(settings, "mlflow-artifacts"), ignore_errors=True)
+    elif service.name == "airflow-init":
+        drop_database(settings, settings.airflow_db)
+        shutil.rmtree(airflow_home(settings), ignore_errors=True)
+    elif service.name == "kafka":
+        shutil.rmtree(settings.home / "kafka", ignore_errors=True)
+    shutil.rmtree(data_dir(settings, service.name), ignore_errors=True)
+    log_file(settings, service.name).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stacks
+# ---------------------------------------------------------------------------------------------
+def with_requirements(stack: str) -> list[Service]:
+    """The stack's services and what they need, in start order (SERVICES is ordered that way)."""
+    wanted: set[str] = set()
+
+    def add(name: str) -> None:
+        if name not in wanted:
+            wanted.add(name)
+            for required in BY_NAME[name].requires:
+                add(required)
+
+    for service in services_of(stack):
+        add(service.name)
+    return [service for service in SERVICES if service.name in wanted]
+
+
+def up(stack: str, settings: Settings, asked_alone: bool) -> None:
+    services = with_requirements(stack)
+    if not services:
+        say(f"[{stack}] nothing to start yet")
+        return
+    runnable = [s for s in services if not s.docker_only]
+    docker_only = [s.name for s in services if s.docker_only]
+    if docker_only:
+        message = f"[{stack}] {', '.join(docker_only)}: docker mode only (no Docker engine here)"
+        if asked_alone and not runnable:
+            raise PlatformError(f"{message}; run on a machine with Docker, or `bash run.sh {stack} up --mode docker`")
+        say(message + ", skipped")
+    if not runnable:
+        return
+    say(f"[{stack}] up")
+    settings.home.mkdir(parents=True, exist_ok=True)
+    for service in runnable:
+        if service.stack != stack and read_pid(settings, service.name) is None and not service.one_shot:
+            say(f"  {service.name}: needed by {stack}")
+        if service.one_shot:
+            if service.stack == stack:
+                run_one_shot(service, settings)
+        else:
+            start(service, settings)
+
+
+def down(stack: str, settings: Settings, volumes: bool) -> None:
+    services = [s for s in services_of(stack) if not s.docker_only]
+    if not services:
+        return
+    say(f"[{stack}] down{' (and delete data)' if volumes else ''}")
+    stopped_any = False
+    for service in reversed(services):
+        stopped_any |= stop(service, settings)
+    if volumes:
+        for service in services:
+            delete_data(service, settings)
+    if not stopped_any and not volumes:
+        say("  nothing was running")
+
+
+def status_rows(stacks: list[str], settings: Settings) -> list[tuple[str, str, str, str, str]]:
+    rows = []
+    for stack in stacks:
+        for service in services_of(stack):
+            state = state_of(service, settings)
+            if service.docker_only:
+                word = "n/a"
+            elif service.one_shot:
+                word = "one-shot"
+            elif not state.running:
+                word = "stopped"
+            else:
+                word = "healthy" if state.healthy else "unhealthy"
+            url = service.url(settings) if service.url else "-"
+            rows.append((service.name, stack, "local", url, f"{word}: {state.detail}"))
+    return rows
+
+
+def print_status(stacks: list[str], settings: Settings) -> bool:
+    rows = status_rows(stacks, settings)
+    header = ("SERVICE", "STACK", "MODE", "URL", "HEALTH")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    for row in [header, *rows]:
+        say("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
+    return all(not r[4].startswith("unhealthy") for r in rows)
+
+
+def logs(stacks: list[str], settings: Settings, follow: bool) -> None:
+    files = [log_file(settings, s.name) for stack in stacks for s in services_of(stack) if not s.docker_only]
+    existing = [str(f) for f in files if f.exists()]
+    if not existing:
+        say("no logs yet")
+        return
+    if follow:
+        os.execvp("tail", ["tail", "-n", "20", "-F", *existing])
+    for path in existing:
+        say(f"==> {path} <==")
+        say(tail(Path(path), 100))
+
+
+def running_services(settings: Settings) -> list[str]:
+    return [s.name for s in SERVICES if not s.docker_only and read_pid(settings, s.name) is not None]

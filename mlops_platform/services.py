@@ -1,0 +1,268 @@
+"""What each service of the platform is: its stack, port, URL, dependencies and how to run it.
+
+One table serves both run modes. docker-compose.yml runs our own services with
+`python -m mlops_platform.exec <name>` and checks them with `python -m mlops_platform.health <name>`;
+local mode starts the very same commands as processes. Services from upstream images (PostgreSQL,
+Redis, Kafka, Prometheus) run here from Debian's packages and Maven's jars with equivalent settings.
+"""
+
+from __future__ import annotations
+
+import base64
+import glob
+import json
+import os
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from mlops_platform.settings import REPO_ROOT, Settings
+
+STACKS = ("feast", "mlflow", "airflow", "kafka", "monitoring", "elk", "jenkins", "serving")
+KAFKA_LIBS = REPO_ROOT / "platform" / "kafka" / "target" / "kafka-libs"
+PROMETHEUS_CONFIG = REPO_ROOT / "monitoring" / "prometheus" / "prometheus.yml"
+
+
+@dataclass(frozen=True)
+class Command:
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    stack: str
+    port: Callable[[Settings], int] | None = None
+    url: Callable[[Settings], str] | None = None
+    requires: tuple[str, ...] = ()
+    one_shot: bool = False
+    docker_only: bool = False
+    # "python": started as `python -m mlops_platform.exec <name>`, exactly as in docker-compose.yml.
+    # "native": a binary from Debian or Maven, started with `native_command` below.
+    launch: str = "python"
+    # PostgreSQL treats SIGTERM as "wait for every client"; SIGINT is its fast, clean shutdown.
+    stop_signal: str = "SIGTERM"
+    extra_ports: Callable[[Settings], list[int]] = lambda s: []
+
+
+def _http(host: str, port: int, path: str = "") -> str:
+    return f"http://{host}:{port}{path}"
+
+
+SERVICES: tuple[Service, ...] = (
+    Service("postgres", "feast", port=lambda s: s.postgres_port, launch="native", stop_signal="SIGINT",
+            url=lambda s: f"postgresql://{s.postgres_host}:{s.postgres_port}/{{{','.join(s.databases)}}}"),
+    Service("redis", "feast", port=lambda s: s.redis_port, launch="native",
+            url=lambda s: f"redis://{s.redis_host}:{s.redis_port}"),
+    Service("feast-apply", "feast", requires=("postgres", "redis"), one_shot=True),
+    Service("mlflow", "mlflow", port=lambda s: s.mlflow_port, requires=("postgres",),
+            url=lambda s: s.mlflow_tracking_uri),
+    Service("airflow-init", "airflow", requires=("postgres",), one_shot=True),
+    Service("airflow-api-server", "airflow", port=lambda s: s.airflow_port, requires=("airflow-init",),
+            url=lambda s: s.airflow_url),
+    Service("airflow-scheduler", "airflow", requires=("airflow-api-server",)),
+    Service("airflow-dag-processor", "airflow", requires=("airflow-api-server",)),
+    Service("airflow-triggerer", "airflow", requires=("airflow-api-server",)),
+    Service("kafka", "kafka", port=lambda s: s.kafka_port, launch="native",
+            extra_ports=lambda s: [s.kafka_controller_port],
+            url=lambda s: f"kafka://{s.kafka_bootstrap_servers}"),
+    Service("prometheus", "monitoring", port=lambda s: s.prometheus_port, launch="native",
+            url=lambda s: s.prometheus_url),
+    Service("grafana", "monitoring", docker_only=True, url=lambda s: _http(s.bind_address, s.grafana_port)),
+    Service("elasticsearch", "elk", docker_only=True,
+            url=lambda s: _http(s.bind_address, s.elasticsearch_port)),
+    Service("kibana", "elk", docker_only=True, url=lambda s: _http(s.bind_address, s.kibana_port)),
+    Service("filebeat", "elk", docker_only=True),
+    Service("jenkins", "jenkins", docker_only=True, url=lambda s: _http(s.bind_address, s.jenkins_port)),
+)
+BY_NAME = {service.name: service for service in SERVICES}
+
+
+def services_of(stack: str) -> list[Service]:
+    return [service for service in SERVICES if service.stack == stack]
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths of local-mode state: everything lives under PLATFORM_HOME.
+# ---------------------------------------------------------------------------------------------
+def data_dir(settings: Settings, name: str) -> Path:
+    return settings.home / "data" / name
+
+
+def log_file(settings: Settings, name: str) -> Path:
+    return settings.home / "logs" / f"{name}.log"
+
+
+def pid_file(settings: Settings, name: str) -> Path:
+    return settings.home / "run" / f"{name}.pid"
+
+
+def airflow_home(settings: Settings) -> Path:
+    return settings.home / "airflow"
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands of our Python services (run by `python -m mlops_platform.exec`, in both modes).
+# ---------------------------------------------------------------------------------------------
+def airflow_env(settings: Settings) -> dict[str, str]:
+    """Airflow's whole configuration, derived from the platform settings (no airflow.cfg edits)."""
+    home = airflow_home(settings)
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "airflow" / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": str(settings.airflow_parallelism),
+        "AIRFLOW__CORE__FERNET_KEY": settings.airflow_fernet_key,
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{settings.airflow_url}/execution/",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{settings.airflow_admin_user}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": settings.postgres_url(settings.airflow_db),
+        "AIRFLOW__API__HOST": settings.listen_address,
+        "AIRFLOW__API__PORT": str(settings.airflow_port),
+        "AIRFLOW__API__BASE_URL": settings.airflow_url,
+        "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__API__SECRET_KEY": settings.airflow_secret_key,
+        "AIRFLOW__API_AUTH__JWT_SECRET": settings.airflow_secret_key,
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+
+
+def write_airflow_passwords(settings: Settings) -> None:
+    """Give the admin user the password from .env, so Airflow never generates and prints one."""
+    path = airflow_home(settings) / "passwords.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({settings.airflow_admin_user: settings.airflow_admin_password}) + "\n")
+    path.chmod(0o600)
+
+
+def python_command(name: str, settings: Settings) -> Command:
+    py = sys.executable
+    if name == "mlflow":
+        artifacts = data_dir(settings, "mlflow-artifacts")
+        artifacts.mkdir(parents=True, exist_ok=True)
+        allowed = sorted({settings.mlflow_host, "127.0.0.1", "localhost", "mlflow"})
+        return Command(
+            [py, "-m", "mlflow", "server",
+             "--backend-store-uri", settings.postgres_url(settings.mlflow_db),
+             "--artifacts-destination", str(artifacts), "--serve-artifacts",
+             "--host", settings.listen_address, "--port", str(settings.mlflow_port),
+             "--workers", str(settings.mlflow_workers),
+             "--allowed-hosts", ",".join([*allowed, *(f"{h}:{settings.mlflow_port}" for h in allowed)])],
+            {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        )
+    if name == "airflow-init":
+        return Command([py, "-m", "airflow", "db", "migrate"], airflow_env(settings))
+    if name.startswith("airflow-"):
+        component = name.removeprefix("airflow-")
+        return Command([py, "-m", "airflow", component], airflow_env(settings))
+    if name == "feast-apply":
+        return Command([py, "-m", "mlops_platform.feast_apply"], {"PYTHONPATH": str(REPO_ROOT)})
+    raise KeyError(f"{name} is not one of our Python services")
+
+
+# ---------------------------------------------------------------------------------------------
+# Native services (local mode only; docker-compose.yml uses the upstream images).
+# ---------------------------------------------------------------------------------------------
+def postgres_bindir() -> Path:
+    """Debian installs the server under /usr/lib/postgresql/<major>/bin, off the PATH."""
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"), key=lambda p: int(p.split("/")[4]))
+    if candidates:
+        return Path(candidates[-1]).parent
+    raise FileNotFoundError("PostgreSQL server binaries not found: run `bash run.sh setup`")
+
+
+def kafka_properties(settings: Settings) -> str:
+    data = data_dir(settings, "kafka")
+    return "\n".join([
+        "process.roles=broker,controller",
+        "node.id=1",
+        f"controller.quorum.voters=1@127.0.0.1:{settings.kafka_controller_port}",
+        f"listeners=PLAINTEXT://{settings.listen_address}:{settings.kafka_port},"
+        f"CONTROLLER://127.0.0.1:{settings.kafka_controller_port}",
+        f"advertised.listeners=PLAINTEXT://{settings.kafka_host}:{settings.kafka_port}",
+        "controller.listener.names=CONTROLLER",
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name=PLAINTEXT",
+        f"log.dirs={data}",
+        "num.partitions=3",
+        "offsets.topic.replication.factor=1",
+        "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1",
+        "share.coordinator.state.topic.replication.factor=1",
+        "share.coordinator.state.topic.min.isr=1",
+        "group.initial.rebalance.delay.ms=0",
+        "auto.create.topics.enable=true",
+        "log.retention.hours=168",
+        "",
+    ])
+
+
+def kafka_cluster_id() -> str:
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def java_command(settings: Settings, main_class: str, *args: str) -> list[str]:
+    if not KAFKA_LIBS.is_dir():
+        raise FileNotFoundError(f"Kafka jars not found in {KAFKA_LIBS}: run `bash run.sh setup`")
+    return [
+        "java", f"-Xms{settings.kafka_heap}", f"-Xmx{settings.kafka_heap}", "-XX:+UseG1GC",
+        f"-Dlog4j2.configurationFile={REPO_ROOT / 'platform' / 'kafka' / 'log4j2.yaml'}",
+        "-cp", f"{KAFKA_LIBS}/*", main_class, *args,
+    ]
+
+
+def native_command(name: str, settings: Settings) -> Command:
+    if name == "postgres":
+        data = data_dir(settings, "postgres")
+        return Command([
+            str(postgres_bindir() / "postgres"), "-D", str(data),
+            "-c", f"listen_addresses={settings.listen_address}", "-p", str(settings.postgres_port),
+            "-c", f"unix_socket_directories={data}", "-c", "max_connections=200",
+            "-c", "shared_buffers=128MB", "-c", "log_destination=stderr",
+        ])
+    if name == "redis":
+        data = data_dir(settings, "redis")
+        return Command([
+            "redis-server", "--bind", settings.listen_address, "--port", str(settings.redis_port),
+            "--requirepass", settings.redis_password, "--dir", str(data),
+            "--appendonly", "yes", "--save", "", "--daemonize", "no", "--protected-mode", "yes",
+        ])
+    if name == "kafka":
+        props = settings.home / "kafka" / "server.properties"
+        return Command(java_command(settings, "kafka.Kafka", str(props)))
+    if name == "prometheus":
+        return Command([
+            "prometheus", f"--config.file={settings.home / 'prometheus' / 'prometheus.yml'}",
+            f"--storage.tsdb.path={data_dir(settings, 'prometheus')}",
+            f"--web.listen-address={settings.listen_address}:{settings.prometheus_port}",
+            "--web.enable-lifecycle", "--storage.tsdb.retention.time=7d",
+        ])
+    raise KeyError(f"{name} is not a native service")
+
+
+def command_for(service: Service, settings: Settings) -> Command:
+    if service.launch == "native":
+        return native_command(service.name, settings)
+    return python_command(service.name, settings)
+
+
+def local_launch(service: Service, settings: Settings) -> Command:
+    """What local mode spawns: our services through the same entry point docker-compose.yml uses."""
+    if service.launch == "native":
+        return native_command(service.name, settings)
+    return Command([sys.executable, "-m", "mlops_platform.exec", service.name],
+                   {"PYTHONPATH": str(REPO_ROOT)})
+
+
+def merged_env(*parts: dict[str, str]) -> dict[str, str]:
+    env = dict(os.environ)
+    for part in parts:
+        env.update(part)
+    return env

@@ -1,0 +1,270 @@
+#!/usr/bin/env bash
+# The platform's front door. `bash run.sh help` lists everything it does.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$ROOT"
+
+UV_VERSION="0.13.8"
+TOOLS_DIR="$ROOT/.tools"
+UV="$TOOLS_DIR/bootstrap/bin/uv"
+VENV_PY="$ROOT/.venv/bin/python"
+STACKS="feast mlflow airflow kafka monitoring elk jenkins serving"
+STACK_VERBS="up down restart status logs"
+DEBIAN_PACKAGES="postgresql redis-server prometheus"
+
+usage() {
+  cat <<EOF
+usage: bash run.sh <command>
+
+Platform
+  bash run.sh <stack|all> <up|down|restart|status|logs> [--volumes] [--follow] [--mode local|docker]
+      stacks: ${STACKS// /, }
+      up       start the stack (and what it needs) and wait until every service is healthy
+      down     stop it, leaving no process behind; --volumes also deletes its data
+      restart  down then up (data kept)
+      status   table of service, stack, mode, URL and health
+      logs     last lines of each service's log; --follow keeps following
+  bash run.sh setup       install what local mode needs (venv from uv.lock, Debian packages, Kafka jars)
+  bash run.sh demo        bring the platform up and show where everything is
+
+Development
+  bash run.sh test [unit|services|all] [pytest args]   run the tests (default: all), starting services itself
+  bash run.sh lint        static checks (ruff, shell syntax)
+  bash run.sh build       build the platform's images (docker mode)
+
+Mode: docker when \`docker info\` answers, else local. --mode or PLATFORM_MODE forces one.
+Configuration: .env (created from .env.example with random secrets on first use).
+EOF
+}
+
+die() { echo "error: $*" >&2; exit 1; }
+log() { echo "==> $*"; }
+
+# ---------------------------------------------------------------------------------------------
+# Configuration: .env with generated secrets
+# ---------------------------------------------------------------------------------------------
+ensure_env_file() {
+  [[ -f "$ROOT/.env" ]] && return 0
+  python3 - "$ROOT/.env.example" "$ROOT/.env" <<'PY'
+import base64, os, secrets, sys
+source, target = sys.argv[1], sys.argv[2]
+lines = []
+for line in open(source):
+    if "=__GENERATE_FERNET__" in line:
+        line = line.replace("__GENERATE_FERNET__", base64.urlsafe_b64encode(os.urandom(32)).decode())
+    elif "=__GENERATE__" in line:
+        line = line.replace("__GENERATE__", secrets.token_urlsafe(24))
+    lines.append(line)
+fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+with os.fdopen(fd, "w") as out:
+    out.writelines(lines)
+PY
+  log "created .env with random secrets (kept out of git)"
+}
+
+env_value() {  # env_value KEY DEFAULT: environment first, then .env
+  local key="$1" default="$2" value
+  if [[ -n "${!key:-}" ]]; then echo "${!key}"; return; fi
+  value="$(grep -E "^${key}=" "$ROOT/.env" 2>/dev/null | tail -n1 | cut -d= -f2- || true)"
+  echo "${value:-$default}"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Mode
+# ---------------------------------------------------------------------------------------------
+MODE_FLAG=""
+resolve_mode() {
+  local wanted="${MODE_FLAG:-$(env_value PLATFORM_MODE auto)}" source="PLATFORM_MODE"
+  [[ -n "$MODE_FLAG" ]] && source="--mode"
+  case "$wanted" in
+    local|docker) MODE="$wanted"; MODE_WHY="forced by $source" ;;
+    auto)
+      if command -v docker >/dev/null 2>&1 && timeout 5 docker info >/dev/null 2>&1; then
+        MODE=docker; MODE_WHY="\`docker info\` answers"
+      else
+        MODE=local; MODE_WHY="no Docker engine answers \`docker info\`"
+      fi ;;
+    *) die "unknown mode '$wanted' (expected local, docker or auto)" ;;
+  esac
+  echo "mode: $MODE ($MODE_WHY)"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Setup (idempotent: each step checks before it works)
+# ---------------------------------------------------------------------------------------------
+missing_debian_packages() {
+  local missing=()
+  compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+  command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
+  command -v mvn >/dev/null 2>&1 || missing+=(maven)
+  echo "${missing[*]:-}"
+}
+
+setup_debian_packages() {
+  local missing
+  missing="$(missing_debian_packages)"
+  [[ -z "$missing" ]] && return 0
+  if [[ "$(id -u)" -ne 0 ]]; then
+    die "missing Debian packages: $missing. Install them with:
+    sudo apt-get update && sudo apt-get install -y $missing
+then run \`bash run.sh setup\` again."
+  fi
+  log "installing Debian packages: $missing"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  # Debian starts nothing without systemd, but stop any cluster a package post-install may have started.
+  if command -v pg_lsclusters >/dev/null 2>&1; then
+    pg_lsclusters -h 2>/dev/null | awk '$4=="online"{print $1, $2}' | while read -r v c; do
+      pg_ctlcluster "$v" "$c" stop || true
+    done
+  fi
+}
+
+setup_uv() {
+  if [[ -x "$UV" ]] && [[ "$("$UV" --version | awk '{print $2}')" == "$UV_VERSION" ]]; then return 0; fi
+  log "installing uv $UV_VERSION into .tools/"
+  python3 -m venv "$TOOLS_DIR/bootstrap"
+  "$TOOLS_DIR/bootstrap/bin/pip" install --quiet --disable-pip-version-check "uv==$UV_VERSION"
+}
+
+setup_venv() {
+  local stamp="$ROOT/.venv/.synced-lock"
+  if [[ -x "$VENV_PY" && -f "$stamp" ]] && cmp -s "$stamp" "$ROOT/uv.lock"; then return 0; fi
+  log "creating .venv from uv.lock"
+  [[ -x "$VENV_PY" ]] || "$UV" venv --seed --python 3.11 "$ROOT/.venv" >/dev/null
+  UV_COMPILE_BYTECODE=1 "$UV" sync --frozen --compile-bytecode --quiet
+  cp "$ROOT/uv.lock" "$stamp"
+}
+
+setup_kafka_jars() {
+  local libs="$ROOT/platform/kafka/target/kafka-libs" stamp="$ROOT/platform/kafka/target/.resolved-pom"
+  if [[ -d "$libs" && -f "$stamp" ]] && cmp -s "$stamp" "$ROOT/platform/kafka/pom.xml"; then return 0; fi
+  log "resolving the Kafka broker's jars with Maven"
+  rm -rf "$libs"
+  mvn -q -B -Dstyle.color=never -f "$ROOT/platform/kafka/pom.xml" package
+  cp "$ROOT/platform/kafka/pom.xml" "$stamp"
+}
+
+cmd_setup() {
+  local started=$SECONDS
+  ensure_env_file
+  setup_debian_packages
+  setup_uv
+  setup_venv
+  setup_kafka_jars
+  log "setup done in $((SECONDS - started))s"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Stacks
+# ---------------------------------------------------------------------------------------------
+compose() { docker compose --env-file "$ROOT/.env" -f "$ROOT/docker-compose.yml" "$@"; }
+
+stack_docker() {
+  local stack="$1" verb="$2"; shift 2
+  local profiles=()
+  if [[ "$stack" == all ]]; then
+    for s in $STACKS; do profiles+=(--profile "$s"); done
+  else
+    profiles=(--profile "$stack")
+  fi
+  case "$verb" in
+    up) compose "${profiles[@]}" up -d --build --wait ;;
+    down) compose "${profiles[@]}" down --remove-orphans "$@" ;;
+    restart) compose "${profiles[@]}" down --remove-orphans && compose "${profiles[@]}" up -d --wait ;;
+    status) compose "${profiles[@]}" ps --format 'table {{.Service}}\t{{.State}}\t{{.Health}}\t{{.Ports}}' ;;
+    logs) compose "${profiles[@]}" logs --tail 200 "$@" ;;
+  esac
+}
+
+cmd_stack() {
+  local stack="$1" verb="$2"; shift 2
+  local extra=()
+  for arg in "$@"; do
+    case "$arg" in
+      --volumes) [[ "$verb" == down ]] || die "--volumes goes with down"; extra+=(--volumes) ;;
+      --follow|-f) [[ "$verb" == logs ]] || die "--follow goes with logs"; extra+=(--follow) ;;
+      *) usage >&2; die "unknown option '$arg'" ;;
+    esac
+  done
+  ensure_env_file
+  resolve_mode
+  if [[ "$MODE" == docker ]]; then
+    stack_docker "$stack" "$verb" "${extra[@]}"
+  else
+    [[ -x "$VENV_PY" ]] || cmd_setup
+    "$VENV_PY" -m mlops_platform.cli "$stack" "$verb" "${extra[@]}"
+  fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# Development verbs
+# ---------------------------------------------------------------------------------------------
+cmd_test() {
+  local suite="all"
+  if [[ $# -gt 0 && "$1" =~ ^(unit|services|all)$ ]]; then suite="$1"; shift; fi
+  cmd_setup
+  local marker=()
+  case "$suite" in
+    unit) marker=(-m "not services") ;;
+    services) marker=(-m "services") ;;
+  esac
+  log "running the $suite tests"
+  "$VENV_PY" -m pytest "${marker[@]}" "$@"
+}
+
+cmd_lint() {
+  cmd_setup
+  log "ruff"
+  "$VENV_PY" -m ruff check "$ROOT"
+  log "shell syntax"
+  bash -n "$ROOT/run.sh" "$ROOT/.ci/run"
+}
+
+cmd_build() {
+  ensure_env_file
+  resolve_mode
+  [[ "$MODE" == docker ]] || die "building images needs a Docker engine (docker mode); local mode runs the same code from .venv"
+  compose --profile '*' build
+}
+
+cmd_demo() {
+  cmd_stack all up "$@"
+}
+
+# ---------------------------------------------------------------------------------------------
+main() {
+  local args=()
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      --mode) [[ $# -ge 2 ]] || die "--mode needs local or docker"; MODE_FLAG="$2"; shift 2 ;;
+      --mode=*) MODE_FLAG="${1#--mode=}"; shift ;;
+      *) args+=("$1"); shift ;;
+    esac
+  done
+  set -- "${args[@]+"${args[@]}"}"
+  [[ $# -ge 1 ]] || { usage >&2; exit 2; }
+  case "$1" in
+    help|-h|--help) usage ;;
+    setup) cmd_setup ;;
+    test) shift; cmd_test "$@" ;;
+    lint) cmd_lint ;;
+    build) cmd_build ;;
+    demo) shift; cmd_demo "$@" ;;
+    *)
+      local stack="$1" verb="${2:-}"
+      if [[ "$stack" != all && " $STACKS " != *" $stack "* ]]; then
+        usage >&2; echo "error: unknown stack or command '$stack'" >&2; exit 2
+      fi
+      if [[ " $STACK_VERBS " != *" $verb "* ]]; then
+        usage >&2; echo "error: unknown verb '${verb}' for $stack (expected one of: $STACK_VERBS)" >&2; exit 2
+      fi
+      shift 2
+      cmd_stack "$stack" "$verb" "$@" ;;
+  esac
+}
+
+main "$@"

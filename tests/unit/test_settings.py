@@ -1,0 +1,63 @@
+"""One settings module: environment over .env over documented defaults, with clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mlops_platform.settings import REPO_ROOT, SettingsError, load_settings, read_env_file
+
+SECRETS = {
+    "POSTGRES_PASSWORD": "pg-secret", "REDIS_PASSWORD": "redis-secret", "AIRFLOW_ADMIN_PASSWORD": "af",
+    "AIRFLOW_FERNET_KEY": "fernet", "AIRFLOW_SECRET_KEY": "secret",
+}
+
+
+def test_environment_wins_over_env_file_which_wins_over_defaults(tmp_path: Path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("POSTGRES_PORT=6543\nREDIS_PORT=7000\n# a comment\n\nMLFLOW_HOST='mlflow'\n")
+    settings = load_settings({**SECRETS, "REDIS_PORT": "7100"}, env_file)
+    assert settings.postgres_port == 6543
+    assert settings.redis_port == 7100
+    assert settings.mlflow_host == "mlflow"
+    assert settings.airflow_port == 8080  # documented default from .env.example
+    assert settings.home == REPO_ROOT / ".platform"
+
+
+def test_uris_are_built_from_the_same_values_in_every_form(tmp_path: Path):
+    settings = load_settings({**SECRETS, "POSTGRES_HOST": "postgres", "POSTGRES_PASSWORD": "p@ss/word"},
+                             tmp_path / "missing.env")
+    assert settings.postgres_url("feast", "psycopg") == "postgresql+psycopg://platform:p%40ss%2Fword@postgres:5432/feast"
+    assert "host=postgres port=5432 dbname=mlflow" in settings.postgres_dsn("mlflow")
+    assert settings.mlflow_tracking_uri == "http://127.0.0.1:5000"
+    assert settings.kafka_bootstrap_servers == "127.0.0.1:9092"
+    assert settings.feast_environment()["POSTGRES_HOST"] == "postgres"
+
+
+def test_a_missing_secret_says_how_to_create_it(tmp_path: Path):
+    with pytest.raises(SettingsError, match="POSTGRES_PASSWORD is not set: run `bash run.sh setup`"):
+        load_settings({}, tmp_path / "missing.env")
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("POSTGRES_PORT", "five", "POSTGRES_PORT must be an integer, got 'five'"),
+    ("REDIS_PORT", "70000", "REDIS_PORT must be a TCP port in 1..65535, got 70000"),
+    ("PLATFORM_MODE", "cloud", "PLATFORM_MODE must be auto, local or docker, got 'cloud'"),
+])
+def test_malformed_values_are_named(tmp_path: Path, key: str, value: str, message: str):
+    with pytest.raises(SettingsError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_settings({**SECRETS, key: value}, tmp_path / "missing.env")
+
+
+def test_env_example_documents_every_setting_and_commits_no_secret():
+    values = read_env_file(REPO_ROOT / ".env.example")
+    for key in ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "AIRFLOW_ADMIN_PASSWORD", "GRAFANA_ADMIN_PASSWORD",
+                "ELASTIC_PASSWORD", "JENKINS_ADMIN_PASSWORD", "AIRFLOW_FERNET_KEY", "AIRFLOW_SECRET_KEY"):
+        assert values[key].startswith("__GENERATE"), key
+    ports = {k: int(v) for k, v in values.items() if k.endswith("_PORT")}
+    assert ports == {
+        "POSTGRES_PORT": 5432, "REDIS_PORT": 6379, "MLFLOW_PORT": 5000, "AIRFLOW_PORT": 8080,
+        "KAFKA_PORT": 9092, "KAFKA_CONTROLLER_PORT": 9093, "PROMETHEUS_PORT": 9090, "GRAFANA_PORT": 3000,
+        "ELASTICSEARCH_PORT": 9200, "KIBANA_PORT": 5601, "JENKINS_PORT": 8081, "SERVING_PORT": 8000,
+    }
