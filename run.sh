@@ -54,7 +54,7 @@ for line in open(source):
     if "=__GENERATE_FERNET__" in line:
         line = line.replace("__GENERATE_FERNET__", base64.urlsafe_b64encode(os.urandom(32)).decode())
     elif "=__GENERATE__" in line:
-        line = line.replace("__GENERATE__", secrets.token_urlsafe(24))
+        line = line.replace("__GENERATE__", secrets.token_urlsafe(32))
     lines.append(line)
 fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
 with os.fdopen(fd, "w") as out:
@@ -172,7 +172,15 @@ stack_docker() {
     profiles=(--profile "$stack")
   fi
   case "$verb" in
-    up) compose "${profiles[@]}" up -d --build --wait ;;
+    up)
+      # `--wait` fails on a one-shot (init) container that nothing waits for, so start everything,
+      # then wait for the long-running services only.
+      compose "${profiles[@]}" up -d --build
+      local long_running
+      long_running="$(compose "${profiles[@]}" config --format json | python3 -c \
+        'import json, sys; print(" ".join(n for n, s in json.load(sys.stdin)["services"].items() if s.get("restart") != "no"))')"
+      # shellcheck disable=SC2086
+      compose "${profiles[@]}" up -d --wait $long_running ;;
     down) compose "${profiles[@]}" down --remove-orphans "$@" ;;
     restart) compose "${profiles[@]}" down --remove-orphans && compose "${profiles[@]}" up -d --wait ;;
     status) compose "${profiles[@]}" ps --format 'table {{.Service}}\t{{.State}}\t{{.Health}}\t{{.Ports}}' ;;

@@ -10,7 +10,7 @@ import json
 import sys
 import urllib.error
 import urllib.request
-from typing import Callable
+from collections.abc import Callable
 
 from mlops_platform.settings import Settings, get_settings
 

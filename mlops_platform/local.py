@@ -410,7 +410,7 @@ def stop(service: Service, settings: Settings) -> bool:
         wait_until(lambda: not group_alive(pid), 10)
     pid_file(settings, service.name).unlink(missing_ok=True)
     for port in ports_of(service, settings):
-        if not wait_until(lambda: not port_in_use(settings.listen_address, port), 10):
+        if not wait_until(lambda port=port: not port_in_use(settings.listen_address, port), 10):
             raise PlatformError(f"{service.name} stopped but port {port} is still in use")
     say(f"  {service.name}: stopped")
     return True

@@ -14,9 +14,9 @@ import json
 import os
 import sys
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from mlops_platform.settings import REPO_ROOT, Settings
 
@@ -123,7 +123,6 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": settings.postgres_url(settings.airflow_db),
         "AIRFLOW__API__HOST": settings.listen_address,
         "AIRFLOW__API__PORT": str(settings.airflow_port),
-        "AIRFLOW__API__BASE_URL": settings.airflow_url,
         "AIRFLOW__API__WORKERS": "1",
         "AIRFLOW__API__SECRET_KEY": settings.airflow_secret_key,
         "AIRFLOW__API_AUTH__JWT_SECRET": settings.airflow_secret_key,

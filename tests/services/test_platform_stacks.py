@@ -68,7 +68,6 @@ def test_each_database_answers_sql(platform_up, settings):
 
 def test_redis_answers_and_requires_its_password(platform_up, settings):
     import redis
-
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,13 +21,10 @@ import jsonschema
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # the platform's package lives at the repository root
-    sys.path.insert(0, str(ROOT))
-
 from mlops_platform import health, services
 from mlops_platform.settings import load_settings
 
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 SCHEMA_FILE = ROOT / "tests" / "data" / "compose-spec.json"
@@ -275,7 +271,8 @@ def test_python_image_installs_the_same_lock_as_local_mode() -> None:
         f"uv in the image ({image_uv and image_uv[1]}) differs from run.sh ({run_sh_uv and run_sh_uv[1]})"
     )
     assert re.search(r"COPY\s+pyproject\.toml\s+uv\.lock\s", dockerfile)
-    assert re.search(r"uv sync --frozen --no-dev --compile-bytecode", dockerfile), "the image must install uv.lock as is"
+    assert re.search(r"uv sync --frozen --no-dev --compile-bytecode", dockerfile), (
+        "the image must install uv.lock as is")
     users = re.findall(r"(?m)^USER\s+(\S+)", dockerfile)
     assert users and users[-1] not in ("root", "0"), "our services must not run as root"
     for package in ("mlops_platform", "data_pipeline", "training_pipeline", "model_serving", "feast_repo",

@@ -48,7 +48,7 @@ def test_env_file_is_created_with_random_secrets_and_private_permissions(tmp_pat
     created = read_env_file(tmp_path / ".env")
     assert "created .env with random secrets" in result.stdout
     assert not any(v.startswith("__GENERATE") for v in created.values())
-    assert len(created["POSTGRES_PASSWORD"]) >= 24
+    assert len(created["POSTGRES_PASSWORD"]) >= 32  # Kibana needs 32-character keys
     assert created["POSTGRES_PASSWORD"] != created["REDIS_PASSWORD"]
     assert stat.S_IMODE((tmp_path / ".env").stat().st_mode) == 0o600
     before = (tmp_path / ".env").read_text()
