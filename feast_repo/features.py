@@ -20,7 +20,7 @@ driver = Entity(
 
 driver_stats_source = PostgreSQLSource(
     name="driver_hourly_stats_source",
-    query=f"SELECT * FROM {OFFLINE_TABLE}",
+    table=OFFLINE_TABLE,
     timestamp_field="event_timestamp",
     created_timestamp_column="created",
     description="Validated hourly driver statistics loaded by the ingestion pipeline.",

@@ -8,9 +8,7 @@ so `down` can stop it and every child it forked, and then proves its ports are f
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
-import pwd
 import re
 import shutil
 import signal
@@ -37,6 +35,8 @@ from mlops_platform.services import (
     merged_env,
     pid_file,
     postgres_bindir,
+    postgres_data,
+    postgres_user,
     services_of,
 )
 from mlops_platform.settings import Settings
@@ -132,45 +132,6 @@ def tail(path: Path, lines: int = 20) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except FileNotFoundError:
         return "(no log yet)"
-
-
-# ---------------------------------------------------------------------------------------------
-# Running as root: PostgreSQL refuses to, so it runs as the `postgres` user Debian creates.
-# ---------------------------------------------------------------------------------------------
-def postgres_user() -> pwd.struct_passwd | None:
-    if os.geteuid() != 0:
-        return None
-    try:
-        return pwd.getpwnam("postgres")
-    except KeyError:
-        raise PlatformError("running as root needs the 'postgres' system user: run `bash run.sh setup`") from None
-
-
-def _traversable(path: Path, user: pwd.struct_passwd) -> bool:
-    for parent in [path, *path.parents]:
-        if not parent.exists():
-            continue
-        st = parent.stat()
-        mode = st.st_mode
-        if st.st_uid == user.pw_uid:
-            ok = mode & 0o100
-        elif st.st_gid == user.pw_gid:
-            ok = mode & 0o010
-        else:
-            ok = mode & 0o001
-        if not ok:
-            return False
-    return True
-
-
-def postgres_data(settings: Settings) -> Path:
-    """The data directory; as root under a folder the postgres user cannot reach, a linked one."""
-    link = data_dir(settings, "postgres")
-    user = postgres_user()
-    if user is None or _traversable(link.parent, user):
-        return link
-    key = hashlib.sha1(str(settings.home).encode()).hexdigest()[:12]
-    return Path(user.pw_dir) / f"ride-mlops-{key}"
 
 
 def _prepare_postgres(settings: Settings) -> None:

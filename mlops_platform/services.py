@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import base64
 import glob
+import hashlib
 import json
 import os
+import pwd
 import sys
 import uuid
 from collections.abc import Callable
@@ -177,6 +179,45 @@ def postgres_bindir() -> Path:
     raise FileNotFoundError("PostgreSQL server binaries not found: run `bash run.sh setup`")
 
 
+# ---------------------------------------------------------------------------------------------
+# Running as root: PostgreSQL refuses to, so it runs as the `postgres` user Debian creates.
+# ---------------------------------------------------------------------------------------------
+def postgres_user() -> pwd.struct_passwd | None:
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam("postgres")
+    except KeyError:
+        raise FileNotFoundError("running as root needs the 'postgres' system user: run `bash run.sh setup`") from None
+
+
+def _traversable(path: Path, user: pwd.struct_passwd) -> bool:
+    for parent in [path, *path.parents]:
+        if not parent.exists():
+            continue
+        st = parent.stat()
+        mode = st.st_mode
+        if st.st_uid == user.pw_uid:
+            ok = mode & 0o100
+        elif st.st_gid == user.pw_gid:
+            ok = mode & 0o010
+        else:
+            ok = mode & 0o001
+        if not ok:
+            return False
+    return True
+
+
+def postgres_data(settings: Settings) -> Path:
+    """The data directory; as root under a folder the postgres user cannot reach, a linked one."""
+    link = data_dir(settings, "postgres")
+    user = postgres_user()
+    if user is None or _traversable(link.parent, user):
+        return link
+    key = hashlib.sha1(str(settings.home).encode()).hexdigest()[:12]
+    return Path(user.pw_dir) / f"ride-mlops-{key}"
+
+
 def kafka_properties(settings: Settings) -> str:
     data = data_dir(settings, "kafka")
     return "\n".join([
@@ -219,7 +260,7 @@ def java_command(settings: Settings, main_class: str, *args: str) -> list[str]:
 
 def native_command(name: str, settings: Settings) -> Command:
     if name == "postgres":
-        data = data_dir(settings, "postgres")
+        data = postgres_data(settings)
         return Command([
             str(postgres_bindir() / "postgres"), "-D", str(data),
             "-c", f"listen_addresses={settings.listen_address}", "-p", str(settings.postgres_port),
