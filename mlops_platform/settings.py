@@ -75,6 +75,14 @@ class Settings:
     kafka_controller_port: int
     kafka_heap: str
 
+    landing_dir: Path
+    ingest_max_invalid_share: float
+    materialize_overlap_minutes: int
+    driver_stats_topic: str
+    driver_stats_dlq_topic: str
+    stream_consumer_host: str
+    stream_consumer_port: int
+
     prometheus_host: str
     prometheus_port: int
     grafana_port: int
@@ -127,6 +135,10 @@ class Settings:
     @property
     def kafka_bootstrap_servers(self) -> str:
         return f"{self.kafka_host}:{self.kafka_port}"
+
+    @property
+    def stream_consumer_url(self) -> str:
+        return f"http://{self.stream_consumer_host}:{self.stream_consumer_port}"
 
     @property
     def prometheus_url(self) -> str:
@@ -185,6 +197,16 @@ def load_settings(environ: dict[str, str] | None = None, env_file: Path | None =
             raise SettingsError(f"{key} must be a TCP port in 1..65535, got {value}")
         return value
 
+    def share(key: str) -> float:
+        raw = text(key)
+        try:
+            value = float(raw)
+        except ValueError:
+            value = -1.0
+        if not 0.0 <= value <= 1.0:
+            raise SettingsError(f"{key} must be a share between 0 and 1, got {raw!r}")
+        return value
+
     mode = text("PLATFORM_MODE")
     if mode not in {"auto", "local", "docker"}:
         raise SettingsError(f"PLATFORM_MODE must be auto, local or docker, got {mode!r}")
@@ -222,6 +244,13 @@ def load_settings(environ: dict[str, str] | None = None, env_file: Path | None =
         kafka_port=port("KAFKA_PORT"),
         kafka_controller_port=port("KAFKA_CONTROLLER_PORT"),
         kafka_heap=text("KAFKA_HEAP"),
+        landing_dir=Path(env.get("LANDING_DIR") or home / "landing"),
+        ingest_max_invalid_share=share("INGEST_MAX_INVALID_SHARE"),
+        materialize_overlap_minutes=integer("MATERIALIZE_OVERLAP_MINUTES"),
+        driver_stats_topic=text("DRIVER_STATS_TOPIC"),
+        driver_stats_dlq_topic=text("DRIVER_STATS_DLQ_TOPIC"),
+        stream_consumer_host=text("STREAM_CONSUMER_HOST"),
+        stream_consumer_port=port("STREAM_CONSUMER_PORT"),
         prometheus_host=text("PROMETHEUS_HOST"),
         prometheus_port=port("PROMETHEUS_PORT"),
         grafana_port=port("GRAFANA_PORT"),

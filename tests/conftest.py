@@ -28,7 +28,9 @@ TEST_ENVIRONMENT = {
     "PROMETHEUS_PORT": "19090",
     "SERVING_PORT": "18000",
 }
-os.environ.update(TEST_ENVIRONMENT)
+for _key, _value in TEST_ENVIRONMENT.items():  # an exported variable still wins, e.g. to run two sessions
+    os.environ.setdefault(_key, _value)
+TEST_HOME = Path(os.environ["PLATFORM_HOME"])
 
 
 def run_sh(*args: str, env: dict[str, str] | None = None, timeout: float = 900,
@@ -53,9 +55,46 @@ def settings():
     return load_settings()
 
 
+_started: set[str] = set()
+
+
+def stack_up(stack: str) -> subprocess.CompletedProcess:
+    """`bash run.sh <stack> up` once per session; the session ends with `all down`."""
+    result = run_sh(stack, "up")
+    _started.add(stack)
+    return result
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_platform_at_session_end():
+    yield
+    if _started:
+        run_sh("all", "down", check=False)
+
+
 @pytest.fixture(scope="session")
 def platform_up(settings):
     """The whole local platform, brought up once per session by `bash run.sh all up`."""
-    result = run_sh("all", "up")
-    yield result
-    run_sh("all", "down", check=False)
+    return stack_up("all")
+
+
+@pytest.fixture(scope="session")
+def feast_up(settings):
+    """PostgreSQL, Redis and an applied feature repo."""
+    return stack_up("feast")
+
+
+@pytest.fixture(scope="session")
+def kafka_up(feast_up):
+    """The Kafka broker and the stream consumer (which needs the feature store)."""
+    return stack_up("kafka")
+
+
+@pytest.fixture(scope="session")
+def mlflow_up(settings):
+    return stack_up("mlflow")
+
+
+@pytest.fixture(scope="session")
+def airflow_up(settings):
+    return stack_up("airflow")

@@ -1,0 +1,1 @@
+"""Raw data -> validated offline store -> Feast: generation, ingestion, materialization and streaming."""

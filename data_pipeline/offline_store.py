@@ -1,0 +1,98 @@
+"""The offline store's tables in the `feast` PostgreSQL database, and connections to it.
+
+`driver_hourly_stats` is what Feast's PostgreSQLSource reads; `orders` holds the labels;
+`quarantine` keeps every rejected row with its reason and where it came from; `ingestion_runs`
+records what each file contributed, so a re-run of the same file is recognised and adds nothing.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from mlops_platform.settings import Settings, get_settings
+
+STATS_TABLE = "driver_hourly_stats"
+ORDERS_TABLE = "orders"
+QUARANTINE_TABLE = "quarantine"
+RUNS_TABLE = "ingestion_runs"
+
+STATS_COLUMNS = ("driver_id", "event_timestamp", "created", "conv_rate", "acc_rate", "avg_daily_trips")
+ORDERS_COLUMNS = ("event_timestamp", "driver_id", "trip_completed")
+
+DDL = f"""
+create table if not exists {STATS_TABLE} (
+    driver_id        bigint      not null,
+    event_timestamp  timestamptz not null,
+    created          timestamptz not null,
+    conv_rate        real        not null check (conv_rate between 0 and 1),
+    acc_rate         real        not null check (acc_rate between 0 and 1),
+    avg_daily_trips  bigint      not null check (avg_daily_trips >= 0),
+    source           text        not null,
+    loaded_at        timestamptz not null default now(),
+    primary key (driver_id, event_timestamp)
+);
+create index if not exists {STATS_TABLE}_event_timestamp_idx on {STATS_TABLE} (event_timestamp);
+
+create table if not exists {ORDERS_TABLE} (
+    driver_id        bigint      not null,
+    event_timestamp  timestamptz not null,
+    trip_completed   smallint    not null check (trip_completed in (0, 1)),
+    source           text        not null,
+    loaded_at        timestamptz not null default now(),
+    primary key (driver_id, event_timestamp)
+);
+create index if not exists {ORDERS_TABLE}_event_timestamp_idx on {ORDERS_TABLE} (event_timestamp);
+
+create table if not exists {QUARANTINE_TABLE} (
+    id              bigserial   primary key,
+    dataset         text        not null,
+    source          text        not null,
+    row_number      bigint      not null,
+    raw             jsonb       not null,
+    reason          text        not null,
+    quarantined_at  timestamptz not null default now(),
+    unique (dataset, source, row_number)
+);
+
+create table if not exists {RUNS_TABLE} (
+    id              bigserial   primary key,
+    dataset         text        not null,
+    source          text        not null,
+    file_sha256     text        not null,
+    rows_read       bigint      not null,
+    rows_loaded     bigint      not null,
+    rows_quarantined bigint     not null,
+    status          text        not null check (status in ('loaded', 'rejected')),
+    message         text,
+    started_at      timestamptz not null,
+    finished_at     timestamptz not null default now()
+);
+create index if not exists {RUNS_TABLE}_source_idx on {RUNS_TABLE} (dataset, source, file_sha256);
+"""
+
+
+@contextmanager
+def connect(settings: Settings | None = None, autocommit: bool = False):
+    """A psycopg2 connection to the feast database; committed on success, rolled back on error."""
+    import psycopg2
+
+    settings = settings or get_settings()
+    conn = psycopg2.connect(settings.postgres_dsn(settings.feast_db), connect_timeout=10)
+    conn.autocommit = autocommit
+    try:
+        yield conn
+        if not autocommit:
+            conn.commit()
+    except BaseException:
+        if not autocommit:
+            conn.rollback()
+        raise
+    finally:
+        conn.close()
+
+
+def ensure_schema(settings: Settings | None = None) -> None:
+    """Create the offline store's tables if they are missing (idempotent, cheap)."""
+    with connect(settings) as conn, conn.cursor() as cur:
+        cur.execute("select pg_advisory_xact_lock(hashtext('offline_store_schema'))")
+        cur.execute(DDL)
