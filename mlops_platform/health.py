@@ -104,6 +104,12 @@ def kafka(settings: Settings) -> str:
     return f"broker answers, {len(topics)} topics"
 
 
+def stream_consumer(settings: Settings) -> str:
+    from data_pipeline.stream_consumer import consumer_health
+
+    return consumer_health(settings)
+
+
 def prometheus(settings: Settings) -> str:
     status, body = _get(f"{settings.prometheus_url}/-/ready")
     if status != 200:
@@ -120,6 +126,7 @@ CHECKS: dict[str, Callable[[Settings], str]] = {
     "airflow-dag-processor": airflow_component("dag_processor"),
     "airflow-triggerer": airflow_component("triggerer"),
     "kafka": kafka,
+    "stream-consumer": stream_consumer,
     "prometheus": prometheus,
 }
 

@@ -433,8 +433,7 @@ def up(stack: str, settings: Settings, asked_alone: bool) -> None:
         if service.stack != stack and read_pid(settings, service.name) is None and not service.one_shot:
             say(f"  {service.name}: needed by {stack}")
         if service.one_shot:
-            if service.stack == stack:
-                run_one_shot(service, settings)
+            run_one_shot(service, settings)
         else:
             start(service, settings)
 

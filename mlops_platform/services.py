@@ -71,6 +71,8 @@ SERVICES: tuple[Service, ...] = (
     Service("kafka", "kafka", port=lambda s: s.kafka_port, launch="native",
             extra_ports=lambda s: [s.kafka_controller_port],
             url=lambda s: f"kafka://{s.kafka_bootstrap_servers}"),
+    Service("stream-consumer", "kafka", port=lambda s: s.stream_consumer_port, requires=("kafka", "feast-apply"),
+            url=lambda s: f"{s.stream_consumer_url}/metrics"),
     Service("prometheus", "monitoring", port=lambda s: s.prometheus_port, launch="native",
             url=lambda s: s.prometheus_url),
     Service("grafana", "monitoring", docker_only=True, url=lambda s: _http(s.bind_address, s.grafana_port)),
@@ -163,6 +165,8 @@ def python_command(name: str, settings: Settings) -> Command:
     if name.startswith("airflow-"):
         component = name.removeprefix("airflow-")
         return Command([py, "-m", "airflow", component], airflow_env(settings))
+    if name == "stream-consumer":
+        return Command([py, "-m", "data_pipeline.stream_consumer"], {"PYTHONPATH": str(REPO_ROOT)})
     if name == "feast-apply":
         return Command([py, "-m", "mlops_platform.feast_apply"], {"PYTHONPATH": str(REPO_ROOT)})
     raise KeyError(f"{name} is not one of our Python services")
