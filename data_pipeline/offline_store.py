@@ -16,6 +16,9 @@ ORDERS_TABLE = "orders"
 QUARANTINE_TABLE = "quarantine"
 RUNS_TABLE = "ingestion_runs"
 
+# What the orchestrator calls the stats table: ingestion updates it, materialization is scheduled on it.
+STATS_ASSET_URI = f"postgres://postgres:5432/feast/public/{STATS_TABLE}"
+
 STATS_COLUMNS = ("driver_id", "event_timestamp", "created", "conv_rate", "acc_rate", "avg_daily_trips")
 ORDERS_COLUMNS = ("event_timestamp", "driver_id", "trip_completed")
 

@@ -1,0 +1,47 @@
+"""The stream consumer's Prometheus metrics: what it read, wrote, refused, how late and how far behind.
+
+All names start with `driver_stats_consumer_`. Freshness is measured from the producer's
+`produced_at` to the moment the online push returned, i.e. when a reader of Redis can see the value.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+PREFIX = "driver_stats_consumer_"
+READY = PREFIX + "ready"
+
+FRESHNESS_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+STAGES = ("online", "offline", "dead_letter", "commit", "total")
+
+
+class ConsumerMetrics:
+    """One set of the consumer's metrics, registered in `registry` (the process default unless given)."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.consumed = Counter(PREFIX + "messages_consumed", "Messages read from the stats topic.",
+                                registry=registry)
+        self.pushed = Counter(PREFIX + "messages_pushed", "Rows pushed to the online store (newest per driver "
+                              "of each batch).", registry=registry)
+        self.offline_rows = Counter(PREFIX + "offline_rows_inserted", "New rows in the offline table "
+                                    "(replays insert nothing).", registry=registry)
+        self.rejected = Counter(PREFIX + "messages_rejected", "Messages that broke the contract, by reason class.",
+                                ["reason"], registry=registry)
+        self.dlq_sends = Counter(PREFIX + "dlq_sends", "Records sent to the dead-letter topic.", registry=registry)
+        self.batches = Counter(PREFIX + "batches_committed", "Batches written and committed.", registry=registry)
+        self.failures = Counter(PREFIX + "batch_failures", "Batches abandoned by a failed write, by stage; they "
+                                "are read again.", ["stage"], registry=registry)
+        self.batch_write = Histogram(PREFIX + "batch_write_seconds", "Time to write one batch, by stage.",
+                                     ["stage"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.freshness = Histogram(PREFIX + "freshness_seconds", "From produced_at to visible in the online store.",
+                                   buckets=FRESHNESS_BUCKETS, registry=registry)
+        self.lag = Gauge(PREFIX + "lag", "Records behind the end of the partition (end offset minus committed).",
+                         ["topic", "partition"], registry=registry)
+        self.last_success = Gauge(PREFIX + "last_success_timestamp_seconds", "Unix time of the last committed batch.",
+                                  registry=registry)
+        self.ready = Gauge(READY, "1 once connected to Kafka and both stores and the last batch succeeded.",
+                           registry=registry)
+        for stage in STAGES:
+            self.batch_write.labels(stage)
+            self.failures.labels(stage)
