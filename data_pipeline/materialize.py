@@ -4,7 +4,8 @@ Feast's own `store.materialize()` converts every row to protobuf objects in Pyth
 one by one (about 12k rows/s). This module writes the very same keys and bytes: it asks PostgreSQL
 for the latest row per driver (DISTINCT ON, streamed with COPY), encodes the values with the byte
 layouts Feast itself produces (checked against Feast's serializer on every run), and writes them
-with one server-side compare-and-set call per 2,000 drivers. Like Feast, it never replaces a value
+with one server-side compare-and-set call per 2,000 drivers, encoding the next chunk while Redis
+stores the last. Like Feast, it never replaces a value
 with an older one, and it records the interval in Feast's registry so `feast` tools see what was
 materialized.
 """
@@ -16,6 +17,7 @@ import logging
 import os
 import struct
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -162,7 +164,10 @@ def _kinds(feature_view) -> dict[str, str]:
 # Compare-and-set on the server, one call per chunk: a key is written only when the new event time is
 # newer than the one stored in Feast's `_ts:<view>` field (a protobuf Timestamp, decoded here), the same
 # rule Feast's own online_write_batch applies. It saves the per-key round trip of reading first.
-WRITE_NEWER_LUA = """
+def write_newer_lua(features: int) -> str:
+    """The compare-and-set script for a view with `features` features (HSET arguments spelled out)."""
+    pairs = ", ".join(f"ARGV[{3 + f}], ARGV[at + {2 + f}]" for f in range(1, features + 1))
+    return """
 local function varint(s, pos)
   local value, scale = 0, 1
   while true do
@@ -184,23 +189,18 @@ local function micros(raw)
   end
   return seconds * 1000000 + math.floor(nanos / 1000)
 end
-local ts_field, ttl, nfeat = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local base, stride, written = 3 + nfeat, 2 + nfeat, 0
+local ts_field, ttl = ARGV[1], tonumber(ARGV[2])
+local base, stride, written = BASE, STRIDE, 0
 for k = 1, #KEYS do
   local at = base + (k - 1) * stride
   if tonumber(ARGV[at + 1]) > micros(redis.call('HGET', KEYS[k], ts_field)) then
-    local args = {KEYS[k], ts_field, ARGV[at + 2]}
-    for f = 1, nfeat do
-      args[#args + 1] = ARGV[3 + f]
-      args[#args + 1] = ARGV[at + 2 + f]
-    end
-    redis.call('HSET', unpack(args))
+    redis.call('HSET', KEYS[k], ts_field, ARGV[at + 2], PAIRS)
     if ttl > 0 then redis.call('EXPIRE', KEYS[k], ttl) end
     written = written + 1
   end
 end
 return written
-"""
+""".replace("BASE", str(3 + features)).replace("STRIDE", str(2 + features)).replace("PAIRS", pairs)
 
 
 def write_rows(store, frame: pd.DataFrame, feature_view_name: str = FEATURE_VIEW) -> tuple[int, int]:
@@ -217,21 +217,32 @@ def write_rows(store, frame: pd.DataFrame, feature_view_name: str = FEATURE_VIEW
         raise NotImplementedError("the fast path writes to a single Redis server, not a cluster")
     host, port, password = _redis_address(online.connection_string)
     client = redis.Redis(host=host, port=port, password=password)
-    write_newer = client.register_script(WRITE_NEWER_LUA)
+    write_newer = client.register_script(write_newer_lua(len(kinds)))
     head = [encoding.ts_field, int(online.key_ttl_seconds or 0), len(kinds), *encoding.fields.values()]
+
+    def encode(chunk: pd.DataFrame) -> tuple[list[bytes], list]:
+        event_us = chunk["event_us"].to_numpy(dtype=np.int64).tolist()
+        columns = [(kind, chunk[name].to_numpy().tolist()) for name, kind in kinds.items()]
+        args = list(head)
+        for i, us in enumerate(event_us):
+            args.append(us)
+            args.append(encoding.timestamp(us))
+            args.extend(encoding.value(kind, values[i]) for kind, values in columns)
+        keys = [encoding.key(d) for d in chunk["driver_id"].to_numpy(dtype=np.int64).tolist()]
+        return keys, args
+
+    # Redis runs a chunk's script while this process encodes the next one (the socket wait frees the GIL).
     written = 0
     try:
-        for begin in range(0, len(frame), CHUNK_ROWS):
-            chunk = frame.iloc[begin:begin + CHUNK_ROWS]
-            ids = chunk["driver_id"].to_numpy(dtype=np.int64).tolist()
-            event_us = chunk["event_us"].to_numpy(dtype=np.int64).tolist()
-            columns = [(kind, chunk[name].to_numpy().tolist()) for name, kind in kinds.items()]
-            args = list(head)
-            for i, us in enumerate(event_us):
-                args.append(us)
-                args.append(encoding.timestamp(us))
-                args.extend(encoding.value(kind, values[i]) for kind, values in columns)
-            written += int(write_newer(keys=[encoding.key(d) for d in ids], args=args))
+        with ThreadPoolExecutor(max_workers=1) as sender:
+            pending = None
+            for begin in range(0, len(frame), CHUNK_ROWS):
+                keys, args = encode(frame.iloc[begin:begin + CHUNK_ROWS])
+                if pending is not None:
+                    written += int(pending.result())
+                pending = sender.submit(write_newer, keys=keys, args=args)
+            if pending is not None:
+                written += int(pending.result())
     finally:
         client.close()
     return written, len(frame) - written
