@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
-import redis
 
 from benchmarks.common import print_table
 from data_pipeline import materialize as mat
@@ -48,14 +47,7 @@ def load_rows(n: int, seed: int = 7) -> None:
 
 
 def clear_keys(store, n: int) -> None:
-    fv = store.get_feature_view(mat.FEATURE_VIEW)
-    encoding = mat.FeastRedisEncoding(store.project, "driver_id", mat.FEATURE_VIEW, mat._kinds(fv),
-                                      store.config.entity_key_serialization_version)
-    host, port, password = mat._redis_address(store.config.online_store.connection_string)
-    client = redis.Redis(host=host, port=port, password=password)
-    for begin in range(FIRST_ID, FIRST_ID + n, 50_000):
-        client.delete(*[encoding.key(d) for d in range(begin, min(begin + 50_000, FIRST_ID + n))])
-    client.close()
+    mat.delete_online_rows(store, range(FIRST_ID, FIRST_ID + n))
 
 
 def read_back(store, sample: list[int]) -> pd.DataFrame:

@@ -57,7 +57,10 @@ def feature_store(settings: Settings | None = None):
 
 
 def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    """A plain UTC datetime (naive means UTC); also turns pendulum's DateTime, as Airflow passes it, into one."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return datetime.fromtimestamp(value.timestamp(), UTC)
 
 
 def latest_rows(start: datetime, end: datetime, features: list[str], settings: Settings | None = None) -> pd.DataFrame:
@@ -246,6 +249,25 @@ def write_rows(store, frame: pd.DataFrame, feature_view_name: str = FEATURE_VIEW
     finally:
         client.close()
     return written, len(frame) - written
+
+
+def delete_online_rows(store, driver_ids, feature_view_name: str = FEATURE_VIEW) -> int:
+    """Remove drivers from the online store (a driver who left, or a test's own ids); returns keys deleted."""
+    import redis
+
+    feature_view = store.get_feature_view(feature_view_name)
+    encoding = FeastRedisEncoding(store.project, feature_view.entity_columns[0].name, feature_view_name,
+                                  _kinds(feature_view), store.config.entity_key_serialization_version)
+    host, port, password = _redis_address(store.config.online_store.connection_string)
+    client = redis.Redis(host=host, port=port, password=password)
+    ids = [int(d) for d in driver_ids]
+    deleted = 0
+    try:
+        for begin in range(0, len(ids), 50_000):
+            deleted += client.delete(*[encoding.key(d) for d in ids[begin:begin + 50_000]])
+    finally:
+        client.close()
+    return deleted
 
 
 def _redis_address(connection_string: str) -> tuple[str, int, str | None]:

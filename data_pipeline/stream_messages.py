@@ -141,7 +141,7 @@ def _parse(value: bytes | None, key: bytes | None, now: datetime) -> DriverStats
     try:
         payload = json.loads(value)
     except (UnicodeDecodeError, ValueError) as exc:
-        raise _Invalid(UNPARSEABLE, None, f"expected JSON, got unparseable bytes ({exc}): {_short(value)}") from None
+        raise _Invalid(UNPARSEABLE, None, f"expected JSON, got unparseable bytes ({exc})") from None
     if not isinstance(payload, dict):
         raise _Invalid(NOT_AN_OBJECT, None, f"expected a JSON object, got {type(payload).__name__} {_short(payload)}")
     for name in REQUIRED_FIELDS:

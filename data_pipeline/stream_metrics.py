@@ -13,7 +13,7 @@ READY = PREFIX + "ready"
 
 FRESHNESS_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-STAGES = ("online", "offline", "dead_letter", "commit", "total")
+WRITE_STAGES = ("online", "offline", "dead_letter", "commit")
 
 
 class ConsumerMetrics:
@@ -30,6 +30,8 @@ class ConsumerMetrics:
                                 ["reason"], registry=registry)
         self.dlq_sends = Counter(PREFIX + "dlq_sends", "Records sent to the dead-letter topic.", registry=registry)
         self.batches = Counter(PREFIX + "batches_committed", "Batches written and committed.", registry=registry)
+        self.restarts = Counter(PREFIX + "kafka_client_restarts", "Kafka clients replaced by the watchdog, by reason.",
+                                ["reason"], registry=registry)
         self.failures = Counter(PREFIX + "batch_failures", "Batches abandoned by a failed write, by stage; they "
                                 "are read again.", ["stage"], registry=registry)
         self.batch_write = Histogram(PREFIX + "batch_write_seconds", "Time to write one batch, by stage.",
@@ -42,6 +44,7 @@ class ConsumerMetrics:
                                   registry=registry)
         self.ready = Gauge(READY, "1 once connected to Kafka and both stores and the last batch succeeded.",
                            registry=registry)
-        for stage in STAGES:
+        for stage in WRITE_STAGES:
             self.batch_write.labels(stage)
             self.failures.labels(stage)
+        self.batch_write.labels("total")

@@ -1,8 +1,8 @@
 """feature_materialization: the newest offline driver stats -> Feast's Redis online store.
 
 Runs whenever data_ingestion updated the driver_hourly_stats asset, over the intervals that run
-loaded, re-reading MATERIALIZE_OVERLAP_MINUTES before them for rows that landed late. Triggered by
-hand, it covers the last `lookback_hours`. It first applies the feature repo if it changed.
+loaded, re-reading MATERIALIZE_OVERLAP_MINUTES before them for rows that landed late. Triggered
+by hand, it covers the `lookback_hours` before the run's logical date (or now). It first applies the feature repo if it changed.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ DRIVER_STATS_ASSET = Asset(STATS_ASSET_URI)
 with DAG(
     dag_id="feature_materialization",
     schedule=[DRIVER_STATS_ASSET],
-    start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
+    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),  # catchup is off: no backfill from here
     catchup=False,
     max_active_runs=1,
     default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
@@ -35,7 +35,7 @@ with DAG(
         return apply_if_changed()
 
     @task
-    def materialize(triggering_asset_events=None, params=None, run_after=None) -> dict:
+    def materialize(triggering_asset_events=None, params=None, logical_date=None, run_after=None) -> dict:
         from datetime import datetime
 
         from data_pipeline.materialize import materialize_interval
@@ -46,7 +46,7 @@ with DAG(
         if windows:
             start, end = min(w[0] for w in windows), max(w[1] for w in windows)
         else:
-            end = run_after or pendulum.now("UTC")
+            end = logical_date or run_after or pendulum.now("UTC")
             start = end - timedelta(hours=params["lookback_hours"])
         report = materialize_interval(start, end)
         return {"start": report.start.isoformat(), "end": report.end.isoformat(),

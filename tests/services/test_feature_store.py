@@ -59,14 +59,7 @@ def raw_hashes(store, ids: list[int]) -> dict[int, dict]:
 
 
 def clear_online(store, ids: list[int]) -> None:
-    import redis
-
-    host, port, password = mat._redis_address(store.config.online_store.connection_string)
-    fv = store.get_feature_view("driver_stats")
-    encoding = mat.FeastRedisEncoding(store.project, "driver_id", "driver_stats", mat._kinds(fv), 3)
-    client = redis.Redis(host=host, port=port, password=password)
-    client.delete(*[encoding.key(i) for i in ids])
-    client.close()
+    mat.delete_online_rows(store, ids)
 
 
 def test_online_features_are_the_latest_row_in_the_interval(store):

@@ -1,0 +1,101 @@
+"""training: labels + point-in-time features -> cross-validated ElasticNet -> registry, champion/challenger.
+
+Weekly, on the 30 days of labels before the run (params override any value):
+
+    airflow dags trigger training --conf '{"alpha": 0.1, "folds": 3}'
+
+The steps live in training_pipeline.flow; `python -m training_pipeline` runs the same ones without
+Airflow. The folds and the final fit run in parallel once the training set is saved.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import DAG, Param, task
+
+from training_pipeline.config import MODES, RETRIEVALS, TrainingConfig
+
+DEFAULTS = TrainingConfig(tracking_uri="")
+
+with DAG(
+    dag_id="training",
+    # Weekly: the stats drift slowly, and a week adds enough labels to change the model.
+    schedule="@weekly",
+    start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,  # aliases move one run at a time
+    default_args={"retries": 1, "retry_delay": timedelta(seconds=30)},
+    params={
+        "alpha": Param(DEFAULTS.alpha, type="number", minimum=0, description="ElasticNet penalty strength"),
+        "l1_ratio": Param(DEFAULTS.l1_ratio, type="number", minimum=0, maximum=1, description="0 ridge .. 1 lasso"),
+        "folds": Param(DEFAULTS.folds, type="integer", minimum=2, description="cross-validation folds"),
+        "mode": Param(DEFAULTS.mode, enum=list(MODES), description="development: seed 42; production: clock seed"),
+        "rmse_threshold": Param(DEFAULTS.rmse_threshold, type="number", description="register below this CV RMSE"),
+        "promotion_margin": Param(DEFAULTS.promotion_margin, type="number", minimum=0,
+                                  description="holdout ROC AUC gain needed to replace the champion"),
+        "holdout_share": Param(DEFAULTS.holdout_share, type="number", description="latest labels kept for comparison"),
+        "label_start": Param(None, type=["null", "string"], description="ISO; default label_end - label_days"),
+        "label_end": Param(None, type=["null", "string"], description="ISO; default: when the run starts"),
+        "label_days": Param(DEFAULTS.label_days, type="integer", minimum=1),
+        "min_rows": Param(DEFAULTS.min_rows, type="integer", minimum=1),
+        "features": Param([], type="array", description="subset of the feature service; empty: all of it"),
+        "model_name": Param(DEFAULTS.model_name, type="string"),
+        "retrieval": Param(DEFAULTS.retrieval, enum=list(RETRIEVALS)),
+    },
+    tags=["training", "mlflow"],
+    doc_md=__doc__,
+):
+
+    @task
+    def start(params=None, dag_run=None, run_id=None, run_after=None) -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from training_pipeline import flow
+        from training_pipeline.config import ConfigError
+
+        # --conf keys that are not params (a typo such as "alpah") reach the check and are refused.
+        overrides = {**(dag_run.conf or {}), **dict(params)}
+        try:
+            # The run's own time, not the clock: a retried or re-run task sees the same label window.
+            return flow.start(overrides, run_id, source="airflow", now=run_after)
+        except ConfigError as error:  # retrying cannot fix a bad configuration
+            raise AirflowFailException(str(error)) from error
+
+    @task
+    def prepare_training_set(context: dict) -> list[dict]:
+        from training_pipeline import flow
+
+        return flow.prepare_training_set(context)
+
+    @task
+    def cross_validate_fold(context: dict, fold: dict) -> dict:
+        from training_pipeline import flow
+
+        return flow.cross_validate_fold(context, fold)
+
+    @task
+    def fit_final_model(context: dict) -> dict:
+        from training_pipeline import flow
+
+        return flow.fit_final_model(context)
+
+    @task
+    def aggregate(context: dict, fold_results: list[dict]) -> dict:
+        from training_pipeline import flow
+
+        return flow.aggregate(context, list(fold_results))
+
+    @task
+    def register_and_promote(context: dict, summary: dict, final: dict) -> dict:
+        from training_pipeline import flow
+
+        return flow.register_and_promote(context, summary, final)
+
+    context = start()
+    folds = prepare_training_set(context)
+    fold_results = cross_validate_fold.partial(context=context).expand(fold=folds)
+    final = fit_final_model(context)
+    folds >> final
+    register_and_promote(context, aggregate(context, fold_results), final)

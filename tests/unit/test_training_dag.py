@@ -1,0 +1,76 @@
+"""The training DAG's shape, parsed without a database or services: tasks, fan-out, params."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mlops_platform.services import airflow_env
+from mlops_platform.settings import REPO_ROOT, load_settings
+from training_pipeline.config import TrainingConfig
+
+
+@pytest.fixture(scope="module")
+def dag(tmp_path_factory):
+    settings = load_settings({**os.environ, "PLATFORM_HOME": str(tmp_path_factory.mktemp("airflow-home")),
+                              "POSTGRES_PASSWORD": "x", "REDIS_PASSWORD": "x", "AIRFLOW_ADMIN_PASSWORD": "x",
+                              "AIRFLOW_FERNET_KEY": "x", "AIRFLOW_SECRET_KEY": "x"})
+    env = airflow_env(settings)
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        from airflow.dag_processing.dagbag import DagBag
+
+        bag = DagBag(dag_folder=os.path.join(env["AIRFLOW__CORE__DAGS_FOLDER"], "training.py"))
+        assert bag.import_errors == {}
+        yield bag.dags["training"]
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def test_parsing_the_dag_loads_no_step_feast_or_mlflow_and_reads_no_settings():
+    probe = ("import runpy, sys\n"
+             "import mlops_platform.settings as s\n"
+             "s.get_settings = lambda: (_ for _ in ()).throw(AssertionError('settings read at parse time'))\n"
+             "runpy.run_path('airflow/dags/training.py')\n"
+             "print(sorted(m for m in ('training_pipeline.flow', 'feast', 'mlflow', 'sklearn') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_weekly_one_run_at_a_time_no_catchup(dag):
+    assert dag.catchup is False and dag.max_active_runs == 1
+    assert dag.schedule == "@weekly"
+
+
+def test_folds_and_final_fit_fan_out_after_the_training_set_and_join_before_registration(dag):
+    upstream = {task.task_id: task.upstream_task_ids for task in dag.tasks}
+    assert upstream == {
+        "start": set(),
+        "prepare_training_set": {"start"},
+        "cross_validate_fold": {"start", "prepare_training_set"},
+        "fit_final_model": {"start", "prepare_training_set"},
+        "aggregate": {"start", "cross_validate_fold"},
+        "register_and_promote": {"start", "aggregate", "fit_final_model"},
+    }
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+
+    assert isinstance(dag.get_task("cross_validate_fold"), MappedOperator)
+
+
+def test_params_default_to_the_pipeline_defaults(dag):
+    defaults = TrainingConfig(tracking_uri="")
+    params = {key: dag.params[key] for key in dag.params}
+    assert params["alpha"] == defaults.alpha and params["l1_ratio"] == defaults.l1_ratio
+    assert params["folds"] == defaults.folds and params["mode"] == defaults.mode
+    assert params["model_name"] == "driver_trip_completion" and params["features"] == []
+    assert set(params) <= set(TrainingConfig.__dataclass_fields__)
