@@ -2,7 +2,8 @@
 
 Runs whenever data_ingestion updated the driver_hourly_stats asset, over the intervals that run
 loaded, re-reading MATERIALIZE_OVERLAP_MINUTES before them for rows that landed late. Triggered
-by hand, it covers the `lookback_hours` before the run's logical date (or now). It first applies the feature repo if it changed.
+by hand, it covers the `lookback_hours` before the run's logical date (or now). It first applies
+the feature repo if it changed.
 """
 
 from __future__ import annotations
