@@ -45,22 +45,44 @@ log() { echo "==> $*"; }
 # Configuration: .env with generated secrets
 # ---------------------------------------------------------------------------------------------
 ensure_env_file() {
-  [[ -f "$ROOT/.env" ]] && return 0
-  python3 - "$ROOT/.env.example" "$ROOT/.env" <<'PY'
+  # Creates .env on first use; later, appends any variable .env.example gained since (upgrades).
+  local output
+  output="$(python3 - "$ROOT/.env.example" "$ROOT/.env" <<'PY'
 import base64, os, secrets, sys
 source, target = sys.argv[1], sys.argv[2]
-lines = []
+
+def value(raw):
+    if raw == "__GENERATE_FERNET__":
+        return base64.urlsafe_b64encode(os.urandom(32)).decode()
+    if raw == "__GENERATE__":
+        return secrets.token_urlsafe(32)
+    return raw
+
+existing = set()
+if os.path.exists(target):
+    existing = {line.split("=", 1)[0].strip() for line in open(target) if "=" in line and not line.startswith("#")}
+lines, added = [], []
 for line in open(source):
-    if "=__GENERATE_FERNET__" in line:
-        line = line.replace("__GENERATE_FERNET__", base64.urlsafe_b64encode(os.urandom(32)).decode())
-    elif "=__GENERATE__" in line:
-        line = line.replace("__GENERATE__", secrets.token_urlsafe(32))
+    key, sep, raw = line.rstrip("\n").partition("=")
+    if sep and not line.startswith("#"):
+        if key.strip() in existing:
+            continue
+        added.append(key.strip())
+        line = f"{key}={value(raw.strip())}\n"
     lines.append(line)
-fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-with os.fdopen(fd, "w") as out:
-    out.writelines(lines)
+if not existing:
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.writelines(lines)
+    print("created .env with random secrets (kept out of git)")
+elif added:
+    with open(target, "a") as out:
+        out.write("\n# Added from .env.example\n")
+        out.writelines(f"{line}" for line in lines if "=" in line and not line.startswith("#"))
+    print(f"added to .env: {', '.join(added)}")
 PY
-  log "created .env with random secrets (kept out of git)"
+)"
+  [[ -z "$output" ]] || log "$output"
 }
 
 env_value() {  # env_value KEY DEFAULT: environment first, then .env

@@ -110,6 +110,21 @@ def stream_consumer(settings: Settings) -> str:
     return consumer_health(settings)
 
 
+def serving(settings: Settings) -> str:
+    """Alive is healthy; whether a model is loaded is reported, since a fresh platform has none yet."""
+    status, body = _get(f"{settings.serving_url}/health")
+    if status != 200:
+        raise Unhealthy(f"/health answered {status}: {body[:200]}")
+    ready_status, ready_body = _get(f"{settings.serving_url}/ready")
+    return "ready" if ready_status == 200 else f"alive, not ready: {ready_body[:160]}"
+
+
+def prediction_logger(settings: Settings) -> str:
+    from model_serving.prediction_logger import logger_health
+
+    return logger_health(settings)
+
+
 def prometheus(settings: Settings) -> str:
     status, body = _get(f"{settings.prometheus_url}/-/ready")
     if status != 200:
@@ -127,6 +142,8 @@ CHECKS: dict[str, Callable[[Settings], str]] = {
     "airflow-triggerer": airflow_component("triggerer"),
     "kafka": kafka,
     "stream-consumer": stream_consumer,
+    "prediction-logger": prediction_logger,
+    "serving": serving,
     "prometheus": prometheus,
 }
 

@@ -75,6 +75,10 @@ SERVICES: tuple[Service, ...] = (
             url=lambda s: f"{s.stream_consumer_url}/metrics"),
     Service("prometheus", "monitoring", port=lambda s: s.prometheus_port, launch="native",
             url=lambda s: s.prometheus_url),
+    Service("prediction-logger", "serving", port=lambda s: s.prediction_logger_port, requires=("kafka", "postgres"),
+            url=lambda s: f"{s.prediction_logger_url}/metrics"),
+    Service("serving", "serving", port=lambda s: s.serving_port, requires=("redis", "mlflow", "kafka", "feast-apply"),
+            url=lambda s: s.serving_url),
     Service("grafana", "monitoring", docker_only=True, url=lambda s: _http(s.bind_address, s.grafana_port)),
     Service("elasticsearch", "elk", docker_only=True,
             url=lambda s: _http(s.bind_address, s.elasticsearch_port)),
@@ -165,6 +169,10 @@ def python_command(name: str, settings: Settings) -> Command:
     if name.startswith("airflow-"):
         component = name.removeprefix("airflow-")
         return Command([py, "-m", "airflow", component], airflow_env(settings))
+    if name == "serving":
+        return Command([py, "-m", "model_serving.api"], {"PYTHONPATH": str(REPO_ROOT)})
+    if name == "prediction-logger":
+        return Command([py, "-m", "model_serving.prediction_logger"], {"PYTHONPATH": str(REPO_ROOT)})
     if name == "stream-consumer":
         return Command([py, "-m", "data_pipeline.stream_consumer"], {"PYTHONPATH": str(REPO_ROOT)})
     if name == "feast-apply":

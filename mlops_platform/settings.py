@@ -90,9 +90,19 @@ class Settings:
     kibana_port: int
     jenkins_port: int
 
+    model_name: str
+    model_alias: str
     serving_host: str
     serving_port: int
+    serving_workers: int
+    serving_max_drivers: int
+    model_refresh_seconds: float
+    serving_auth: bool
     serving_api_token: str
+    predictions_topic: str
+    ground_truth_topic: str
+    prediction_logger_host: str
+    prediction_logger_port: int
 
     log_level: str
 
@@ -139,6 +149,14 @@ class Settings:
     @property
     def stream_consumer_url(self) -> str:
         return f"http://{self.stream_consumer_host}:{self.stream_consumer_port}"
+
+    @property
+    def prediction_logger_url(self) -> str:
+        return f"http://{self.prediction_logger_host}:{self.prediction_logger_port}"
+
+    @property
+    def model_uri(self) -> str:
+        return f"models:/{self.model_name}@{self.model_alias}"
 
     @property
     def prometheus_url(self) -> str:
@@ -210,6 +228,12 @@ def load_settings(environ: dict[str, str] | None = None, env_file: Path | None =
     mode = text("PLATFORM_MODE")
     if mode not in {"auto", "local", "docker"}:
         raise SettingsError(f"PLATFORM_MODE must be auto, local or docker, got {mode!r}")
+    auth = text("SERVING_AUTH")
+    if auth not in {"auto", "on", "off"}:
+        raise SettingsError(f"SERVING_AUTH must be auto, on or off, got {auth!r}")
+    serving_auth = auth == "on" or (auth == "auto" and mode == "docker")
+    if serving_auth and not env.get("SERVING_API_TOKEN"):
+        raise SettingsError("SERVING_AUTH is on but SERVING_API_TOKEN is empty: run `bash run.sh setup` or set it")
     home = Path(text("PLATFORM_HOME"))
     if not home.is_absolute():
         home = REPO_ROOT / home
@@ -257,9 +281,19 @@ def load_settings(environ: dict[str, str] | None = None, env_file: Path | None =
         elasticsearch_port=port("ELASTICSEARCH_PORT"),
         kibana_port=port("KIBANA_PORT"),
         jenkins_port=port("JENKINS_PORT"),
+        model_name=text("MODEL_NAME"),
+        model_alias=text("MODEL_ALIAS"),
         serving_host=text("SERVING_HOST"),
         serving_port=port("SERVING_PORT"),
-        serving_api_token=env.get("SERVING_API_TOKEN", ""),
+        serving_workers=integer("SERVING_WORKERS") or (os.cpu_count() or 1),
+        serving_max_drivers=integer("SERVING_MAX_DRIVERS"),
+        model_refresh_seconds=float(text("MODEL_REFRESH_SECONDS")),
+        serving_auth=serving_auth,
+        serving_api_token=env.get("SERVING_API_TOKEN", "") if serving_auth else "",
+        predictions_topic=text("PREDICTIONS_TOPIC"),
+        ground_truth_topic=text("GROUND_TRUTH_TOPIC"),
+        prediction_logger_host=text("PREDICTION_LOGGER_HOST"),
+        prediction_logger_port=port("PREDICTION_LOGGER_PORT"),
         log_level=text("LOG_LEVEL").upper(),
     )
 

@@ -107,3 +107,16 @@ def test_derived_configuration_follows_the_settings(tmp_path: Path):
     assert "listeners=PLAINTEXT://127.0.0.1:19092," in kafka_properties(settings)
     rendered = local.render_prometheus_config(settings)
     assert "127.0.0.1:19090" in rendered and "prometheus:9090" not in rendered
+
+
+def test_env_file_gains_variables_added_to_env_example_and_keeps_the_rest(tmp_path: Path):
+    shutil.copy(REPO_ROOT / "run.sh", tmp_path / "run.sh")
+    (tmp_path / ".env.example").write_text("OLD=1\nSECRET=__GENERATE__\n")
+    run("feast", "status", "--mode", "docker", cwd=tmp_path, env={"PATH": "/usr/bin:/bin"})
+    first = read_env_file(tmp_path / ".env")
+    (tmp_path / ".env.example").write_text("OLD=1\nSECRET=__GENERATE__\nNEW_TOKEN=__GENERATE__\nNEW_PORT=7\n")
+    result = run("feast", "status", "--mode", "docker", cwd=tmp_path, env={"PATH": "/usr/bin:/bin"})
+    second = read_env_file(tmp_path / ".env")
+    assert "added to .env: NEW_TOKEN, NEW_PORT" in result.stdout
+    assert second["SECRET"] == first["SECRET"]
+    assert second["NEW_PORT"] == "7" and len(second["NEW_TOKEN"]) >= 32

@@ -53,12 +53,23 @@ def test_malformed_values_are_named(tmp_path: Path, key: str, value: str, messag
 def test_env_example_documents_every_setting_and_commits_no_secret():
     values = read_env_file(REPO_ROOT / ".env.example")
     for key in ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "AIRFLOW_ADMIN_PASSWORD", "GRAFANA_ADMIN_PASSWORD",
-                "ELASTIC_PASSWORD", "JENKINS_ADMIN_PASSWORD", "AIRFLOW_FERNET_KEY", "AIRFLOW_SECRET_KEY"):
+                "ELASTIC_PASSWORD", "JENKINS_ADMIN_PASSWORD", "AIRFLOW_FERNET_KEY", "AIRFLOW_SECRET_KEY",
+                "SERVING_API_TOKEN"):
         assert values[key].startswith("__GENERATE"), key
     ports = {k: int(v) for k, v in values.items() if k.endswith("_PORT")}
     assert ports == {
         "POSTGRES_PORT": 5432, "REDIS_PORT": 6379, "MLFLOW_PORT": 5000, "AIRFLOW_PORT": 8080,
         "KAFKA_PORT": 9092, "KAFKA_CONTROLLER_PORT": 9093, "PROMETHEUS_PORT": 9090, "GRAFANA_PORT": 3000,
         "ELASTICSEARCH_PORT": 9200, "KIBANA_PORT": 5601, "JENKINS_PORT": 8081, "SERVING_PORT": 8000,
-        "STREAM_CONSUMER_PORT": 9108,
+        "STREAM_CONSUMER_PORT": 9108, "PREDICTION_LOGGER_PORT": 9109,
     }
+
+
+def test_serving_auth_is_on_in_docker_mode_and_off_in_local_mode_by_default(tmp_path: Path):
+    with_token = {**SECRETS, "SERVING_API_TOKEN": "t0ken"}
+    assert load_settings({**with_token, "PLATFORM_MODE": "local"}, tmp_path / "none").serving_auth is False
+    docker = load_settings({**with_token, "PLATFORM_MODE": "docker"}, tmp_path / "none")
+    assert docker.serving_auth is True and docker.serving_api_token == "t0ken"
+    assert load_settings({**with_token, "SERVING_AUTH": "on"}, tmp_path / "none").serving_auth is True
+    with pytest.raises(SettingsError, match="SERVING_API_TOKEN is empty"):
+        load_settings({**SECRETS, "SERVING_AUTH": "on", "SERVING_API_TOKEN": ""}, tmp_path / "none")
