@@ -154,6 +154,7 @@ def python_command(name: str, settings: Settings) -> Command:
     if name == "mlflow":
         artifacts = data_dir(settings, "mlflow-artifacts")
         artifacts.mkdir(parents=True, exist_ok=True)
+        data_dir(settings, "mlflow-metrics").mkdir(parents=True, exist_ok=True)
         allowed = sorted({settings.mlflow_host, "127.0.0.1", "localhost", "mlflow"})
         return Command(
             [py, "-m", "mlflow", "server",
@@ -161,6 +162,7 @@ def python_command(name: str, settings: Settings) -> Command:
              "--artifacts-destination", str(artifacts), "--serve-artifacts",
              "--host", settings.listen_address, "--port", str(settings.mlflow_port),
              "--workers", str(settings.mlflow_workers),
+             "--expose-prometheus", str(data_dir(settings, "mlflow-metrics")),
              "--allowed-hosts", ",".join([*allowed, *(f"{h}:{settings.mlflow_port}" for h in allowed)])],
             {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
