@@ -12,6 +12,8 @@ first read showing version >= k dates version k's visibility. Both see the same 
 
 The maximum sustained rate is found by open-loop steps of increasing rate: a step is sustained when the
 producer held the rate and the consumer's lag was back to zero within DRAIN_LIMIT_SECONDS of the last send.
+The producer runs on the same machine, so on few cores it competes with the consumer; the drain figure,
+a backlog drained by the consumer alone, is the consumer's own ceiling.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from mlops_platform.settings import Settings, get_settings
 FRESHNESS = "driver_stats_consumer_freshness_seconds"
 CONSUMED = "driver_stats_consumer_messages_consumed_total"
 DRAIN_LIMIT_SECONDS = 2.0
+FRESHNESS_GOAL_SECONDS = 1.0
 PROBE_DRIVERS = 50
 
 
@@ -174,6 +177,10 @@ class Step:
     def sustained(self) -> bool:
         return self.summary.achieved_rate >= 0.95 * self.rate and self.drain_s is not None
 
+    @property
+    def within_goal(self) -> bool:
+        return self.sustained and self.consumer_p99 < FRESHNESS_GOAL_SECONDS
+
 
 def run_step(settings: Settings, rate: float, duration: float, drivers: int, seed: int, probe: bool) -> Step:
     first = random.SystemRandom().randrange(10**13, 10**14)
@@ -208,6 +215,19 @@ def run_step(settings: Settings, rate: float, duration: float, drivers: int, see
     )
 
 
+def drain_rate(settings: Settings, count: int, drivers: int) -> tuple[float, int]:
+    """Consumer throughput on its own: a backlog sent as fast as possible, then timed until consumed."""
+    first = random.SystemRandom().randrange(10**13, 10**14)
+    lag = GroupLag(settings)
+    rows = versioned_rows(list(range(first, first + drivers)), 3, Versions())
+    produce(settings, rows, 1e9, count, source="benchmark")
+    backlog, before, started = lag(), scrape(settings), time.monotonic()
+    lag.wait_for_zero(300)
+    elapsed = time.monotonic() - started
+    lag.close()
+    return (scrape(settings)["consumed"] - before["consumed"]) / elapsed, backlog
+
+
 def ms(seconds: float) -> str:
     return "n/a" if seconds != seconds else f"{seconds * 1000:.0f} ms"
 
@@ -220,14 +240,17 @@ def main() -> int:
     parser.add_argument("--steps", type=float, nargs="*", default=[2000, 3000, 4000, 6000, 8000, 12000],
                         help="rates tried for the maximum, in order; stops at the first not sustained")
     parser.add_argument("--step-duration", type=float, default=15.0)
+    parser.add_argument("--backlog", type=int, default=40_000, help="messages of the drain measurement")
     parser.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
     args = parser.parse_args()
     settings = get_settings()
     print(f"stream consumer: {consumer_health(settings)}", flush=True)
+    load_before = os.getloadavg()[0]
 
     main_step = run_step(settings, args.rate, args.duration, args.drivers, seed=1, probe=True)
     print(f"sustained run: {json.dumps(main_step.summary.__dict__)}", flush=True)
     best = main_step if main_step.sustained else None
+    best_in_goal = main_step if main_step.within_goal else None
     tried = []
     for rate in args.steps:
         step = run_step(settings, rate, args.step_duration, args.drivers, seed=2, probe=False)
@@ -237,7 +260,12 @@ def main() -> int:
         if not step.sustained:
             break
         best = step
+        best_in_goal = step if step.within_goal else best_in_goal
 
+    drained_per_s, backlog = drain_rate(settings, args.backlog, args.drivers)
+    print(f"drain: backlog {backlog} consumed at {drained_per_s:.0f}/s", flush=True)
+
+    load = f"{load_before:.1f} -> {os.getloadavg()[0]:.1f}"
     cores = str(os.cpu_count())
     target = f"{args.rate:,.0f}/s"
     rows = [
@@ -249,7 +277,12 @@ def main() -> int:
         ("freshness p99, consumer histogram", "< 1000 ms", ms(main_step.consumer_p99), cores),
         (f"freshness p50, probe ({len(main_step.probe)} versions)", "-", ms(percentile(main_step.probe, 0.5)), cores),
         ("freshness p99, probe", "< 1000 ms", ms(percentile(main_step.probe, 0.99)), cores),
-        ("max sustained rate", "-", f"{best.rate:,.0f}/s" if best else "below the sustained run", cores),
+        ("max sustained rate (producer on the same machine)", "-",
+         f"{best.rate:,.0f}/s" if best else "below the sustained run", cores),
+        ("max sustained rate with freshness p99 < 1 s", "-",
+         f"{best_in_goal.rate:,.0f}/s" if best_in_goal else "below the sustained run", cores),
+        (f"consumer alone, draining a {backlog:,} backlog", "-", f"{drained_per_s:,.0f}/s", cores),
+        ("machine load average (1 min), start -> end", "-", load, cores),
     ]
     if tried and not tried[-1].sustained:
         last = tried[-1]
@@ -264,8 +297,11 @@ def main() -> int:
                           "consumer_p99_s": main_step.consumer_p99, "probe_versions": len(main_step.probe),
                           "probe_p50_s": percentile(main_step.probe, 0.5),
                           "probe_p99_s": percentile(main_step.probe, 0.99),
-                          "max_sustained_per_s": best.rate if best else None, "machine": machine()}))
-    ok = main_step.sustained and main_step.consumer_p99 < 1.0 and percentile(main_step.probe, 0.99) < 1.0
+                          "max_sustained_per_s": best.rate if best else None,
+                          "max_within_goal_per_s": best_in_goal.rate if best_in_goal else None,
+                          "drain_per_s": drained_per_s,
+                          "load_average": load, "machine": machine()}))
+    ok = main_step.within_goal and percentile(main_step.probe, 0.99) < FRESHNESS_GOAL_SECONDS
     return 0 if ok else 1
 
 

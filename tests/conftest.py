@@ -27,6 +27,8 @@ TEST_ENVIRONMENT = {
     "KAFKA_CONTROLLER_PORT": "19093",
     "PROMETHEUS_PORT": "19090",
     "SERVING_PORT": "18000",
+    "STREAM_CONSUMER_PORT": "19108",
+    "PREDICTION_LOGGER_PORT": "19109",
 }
 for _key, _value in TEST_ENVIRONMENT.items():  # an exported variable still wins, e.g. to run two sessions
     os.environ.setdefault(_key, _value)
