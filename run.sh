@@ -32,6 +32,7 @@ Development
   bash run.sh test [unit|services|all] [pytest args]   run the tests (default: all), starting services itself
   bash run.sh lint        static checks (ruff, shell syntax)
   bash run.sh build       build the platform's images (docker mode)
+  bash run.sh deploy      apply the feature repo, publish the DAGs, roll the serving API onto this checkout
 
 Mode: docker when \`docker info\` answers, else local. --mode or PLATFORM_MODE forces one.
 Configuration: .env (created from .env.example with random secrets on first use).
@@ -261,6 +262,19 @@ cmd_build() {
   compose --profile '*' build
 }
 
+cmd_deploy() {
+  ensure_env_file
+  resolve_mode
+  if [[ "$MODE" == docker ]]; then
+    compose --profile feast run --rm feast-init
+    compose --profile airflow exec -T airflow-dag-processor python -m airflow dags reserialize
+    compose --profile serving up -d --build --no-deps --wait serving prediction-logger
+  else
+    [[ -x "$VENV_PY" ]] || cmd_setup
+    "$VENV_PY" -m mlops_platform.deploy
+  fi
+}
+
 cmd_demo() {
   cmd_stack all up "$@"
 }
@@ -283,6 +297,7 @@ main() {
     test) shift; cmd_test "$@" ;;
     lint) cmd_lint ;;
     build) cmd_build ;;
+    deploy) cmd_deploy ;;
     demo) shift; cmd_demo "$@" ;;
     *)
       local stack="$1" verb="${2:-}"
