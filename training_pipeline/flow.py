@@ -246,6 +246,7 @@ def fit_final_model(context: Mapping[str, Any], settings: Settings | None = None
                 skops_trusted_types=model.SKOPS_TRUSTED_TYPES,
                 tags={"training_set_sha256": report.sha256, "git_commit": ctx.git_commit})
             _log_plots(model.target(holdout), holdout_score)
+            _log_reference(fit_part, ctx.features, pipeline, ctx.seed)
         coefficients = dict(zip(ctx.features, pipeline.named_steps["regress"].coef_.tolist(), strict=True))
         tracking.log_metrics(mlflow_client, ctx.parent_run_id, {
             **{f"holdout_{k}": v for k, v in holdout_metrics.items()},
@@ -255,6 +256,22 @@ def fit_final_model(context: Mapping[str, Any], settings: Settings | None = None
     log.info("final model logged", extra={"run_name": ctx.run_name, "model_uri": info.model_uri,
                                           **{f"holdout_{k}": v for k, v in holdout_metrics.items()}})
     return {"model_uri": info.model_uri, "model_id": info.model_id, "fit_rows": len(fit_part)}
+
+
+REFERENCE_ARTIFACT = "reference/reference.parquet"
+REFERENCE_ROWS = 5_000
+
+
+def _log_reference(fit_part, features: list[str], pipeline, seed: int) -> None:
+    """A sample of what the model learned from (features and scores): monitoring's drift reference."""
+    import mlflow
+
+    sample = fit_part.sample(min(len(fit_part), REFERENCE_ROWS), random_state=seed)
+    reference = sample[features].astype("float64").assign(score=pipeline.predict(model.inputs(sample, features)))
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / Path(REFERENCE_ARTIFACT).name
+        reference.to_parquet(path, index=False)
+        mlflow.log_artifact(str(path), str(Path(REFERENCE_ARTIFACT).parent))
 
 
 def _log_plots(y_true, score) -> None:

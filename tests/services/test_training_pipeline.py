@@ -268,3 +268,11 @@ def test_training_dag_trains_registers_and_serves_a_champion(offline_store, mlfl
     served = registry.load_champion(name)
     assert served.version == version and served.features == FEATURES
     np.testing.assert_allclose(served.predict(online), scores)
+
+    # Monitoring's drift reference travels with the run: what the model learned from, and its scores.
+    from training_pipeline.flow import REFERENCE_ARTIFACT
+
+    reference = pd.read_parquet(mlflow.artifacts.download_artifacts(
+        run_id=parent.info.run_id, artifact_path=REFERENCE_ARTIFACT, tracking_uri=settings.mlflow_tracking_uri))
+    assert list(reference.columns) == [*FEATURES, "score"] and len(reference) > 0
+    assert not reference.isna().any().any()
