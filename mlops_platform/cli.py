@@ -37,6 +37,8 @@ def main(argv: list[str]) -> int:
                 leftover = local.running_services(settings)
                 if leftover:
                     raise local.PlatformError(f"still running after down: {', '.join(leftover)}")
+                if args.volumes:
+                    local.delete_home(settings)
         if args.verb in ("up", "restart"):
             for stack in stacks:
                 local.up(stack, settings, asked_alone=args.stack != "all")

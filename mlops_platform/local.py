@@ -39,7 +39,7 @@ from mlops_platform.services import (
     postgres_user,
     services_of,
 )
-from mlops_platform.settings import Settings
+from mlops_platform.settings import REPO_ROOT, Settings
 
 POLL_SECONDS = 0.25
 STOP_TIMEOUT_SECONDS = 30.0
@@ -386,6 +386,7 @@ def delete_data(service: Service, settings: Settings) -> None:
     elif service.name == "mlflow":
         drop_database(settings, settings.mlflow_db)
         shutil.rmtree(data_dir(settings, "mlflow-artifacts"), ignore_errors=True)
+        shutil.rmtree(data_dir(settings, "mlflow-metrics"), ignore_errors=True)
     elif service.name == "airflow-init":
         drop_database(settings, settings.airflow_db)
         shutil.rmtree(airflow_home(settings), ignore_errors=True)
@@ -393,6 +394,15 @@ def delete_data(service: Service, settings: Settings) -> None:
         shutil.rmtree(settings.home / "kafka", ignore_errors=True)
     shutil.rmtree(data_dir(settings, service.name), ignore_errors=True)
     log_file(settings, service.name).unlink(missing_ok=True)
+
+
+def delete_home(settings: Settings) -> None:
+    """`all down --volumes`: everything local mode kept (landing files, training sets, exports too)."""
+    home = settings.home.resolve()
+    if home in {Path("/"), Path.home().resolve(), REPO_ROOT.resolve()} or not home.exists():
+        return
+    shutil.rmtree(home)
+    say(f"  deleted {home}")
 
 
 # ---------------------------------------------------------------------------------------------
