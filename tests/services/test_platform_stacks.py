@@ -178,3 +178,14 @@ def test_docker_only_stacks_refuse_local_up_when_asked_alone(stack):
     result = run_sh(stack, "up", check=False)
     assert result.returncode != 0
     assert "docker mode only" in result.stderr
+
+
+def test_a_dag_triggered_through_the_rest_api_runs_on_the_scheduler(platform_up, settings):
+    """The real path, not `airflow dags test`: scheduler, LocalExecutor workers and the execution API."""
+    from mlops_platform.airflow_client import AirflowClient
+
+    client = AirflowClient.from_settings(settings)
+    eventually(lambda: client.run_state("platform_health", client.trigger("platform_health")) is not None,
+               timeout=120)
+    run_id = client.runs("platform_health", limit=1)[0]["dag_run_id"]
+    assert client.wait("platform_health", run_id, timeout=300) == "success"
