@@ -26,7 +26,8 @@ Platform
       status   table of service, stack, mode, URL and health
       logs     last lines of each service's log; --follow keeps following
   bash run.sh setup       install what local mode needs (venv from uv.lock, Debian packages, Kafka jars)
-  bash run.sh demo        bring the platform up and show where everything is
+  bash run.sh demo        the whole story: up, land and ingest data, materialize, train and register,
+                          batch-score, serve, send a real request, print the ranked answer and every URL
 
 Development
   bash run.sh test [unit|services|all] [pytest args]   run the tests (default: all), starting services itself
@@ -277,6 +278,8 @@ cmd_deploy() {
 
 cmd_demo() {
   cmd_stack all up "$@"
+  [[ -x "$VENV_PY" ]] || cmd_setup
+  "$VENV_PY" -m mlops_platform.demo
 }
 
 # ---------------------------------------------------------------------------------------------
