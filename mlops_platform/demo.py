@@ -112,11 +112,12 @@ def main() -> int:
 
     print(f"""
 ==> Where to look
-    Airflow      {settings.airflow_url}   (user {settings.airflow_admin_user}, password AIRFLOW_ADMIN_PASSWORD in .env)
+    Airflow      {settings.airflow_url}   (user {settings.airflow_admin_user}, password: AIRFLOW_ADMIN_PASSWORD, .env)
     MLflow       {settings.mlflow_tracking_uri}   (experiment and model {settings.model_name})
     Serving API  {settings.serving_url}/docs   (/predict, /feedback, /ready, /metrics)
     Prometheus   {settings.prometheus_url}
-    Kafka        {settings.kafka_bootstrap_servers}   (topics {settings.driver_stats_topic}, {settings.predictions_topic})
+    Kafka        {settings.kafka_bootstrap_servers}   (topics {settings.driver_stats_topic}, {
+        settings.predictions_topic})
     Grafana, Kibana, Jenkins: docker mode only (bash run.sh all up --mode docker on a machine with Docker)
     Status: bash run.sh all status    Logs: bash run.sh <stack> logs    Stop: bash run.sh all down""")
     return 0

@@ -215,14 +215,35 @@ def _prepare_kafka(settings: Settings) -> None:
         raise PlatformError(f"formatting Kafka's storage failed:\n{result.stdout}{result.stderr}")
 
 
+DOCKER_ONLY_BEGIN = re.compile(r"(?m)^[ \t]*# docker-only begin\b")
+DOCKER_ONLY_END = re.compile(r"(?m)^[ \t]*# docker-only end\b")
+DOCKER_ONLY_BLOCK = re.compile(r"(?ms)^[ \t]*# docker-only begin\b.*?^[ \t]*# docker-only end\b[^\n]*(?:\n|\Z)")
+
+
+def drop_docker_only_blocks(text: str) -> str:
+    """`text` without its `# docker-only begin` ... `# docker-only end` blocks (whole lines)."""
+    kept = DOCKER_ONLY_BLOCK.sub("", text)
+    if DOCKER_ONLY_BEGIN.search(kept) or DOCKER_ONLY_END.search(kept):
+        raise PlatformError(f"{PROMETHEUS_CONFIG}: unbalanced `# docker-only begin` / `# docker-only end` markers")
+    return kept
+
+
 def render_prometheus_config(settings: Settings) -> str:
-    """docker-compose targets (service:port) rewritten to this machine's host and ports."""
+    """docker-compose targets (service:port) rewritten to this machine's host and ports.
+
+    Blocks between `# docker-only begin` and `# docker-only end` (scrape jobs of containers that local
+    mode does not run, such as node-exporter) are left out.
+    """
     local_targets = {
         "prometheus:9090": f"127.0.0.1:{settings.prometheus_port}",
         "mlflow:5000": f"127.0.0.1:{settings.mlflow_port}",
         "serving:8000": f"127.0.0.1:{settings.serving_port}",
+        "stream-consumer:9108": f"127.0.0.1:{settings.stream_consumer_port}",
+        "prediction-logger:9109": f"127.0.0.1:{settings.prediction_logger_port}",
+        # The settings gain MONITORING_SERVICE_PORT with the monitoring service; until then, its default.
+        "monitoring-service:9110": f"127.0.0.1:{getattr(settings, 'monitoring_service_port', 9110)}",
     }
-    text = PROMETHEUS_CONFIG.read_text()
+    text = drop_docker_only_blocks(PROMETHEUS_CONFIG.read_text())
     return re.sub(r"\b[a-z][a-z0-9-]*:\d+\b", lambda m: local_targets.get(m.group(0), m.group(0)), text)
 
 
