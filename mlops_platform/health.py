@@ -125,6 +125,12 @@ def prediction_logger(settings: Settings) -> str:
     return logger_health(settings)
 
 
+def monitoring_service(settings: Settings) -> str:
+    from monitoring_service.service import service_health
+
+    return service_health(settings)
+
+
 def prometheus(settings: Settings) -> str:
     status, body = _get(f"{settings.prometheus_url}/-/ready")
     if status != 200:
@@ -144,6 +150,7 @@ CHECKS: dict[str, Callable[[Settings], str]] = {
     "stream-consumer": stream_consumer,
     "prediction-logger": prediction_logger,
     "serving": serving,
+    "monitoring-service": monitoring_service,
     "prometheus": prometheus,
 }
 

@@ -79,6 +79,8 @@ SERVICES: tuple[Service, ...] = (
             url=lambda s: f"{s.prediction_logger_url}/metrics"),
     Service("serving", "serving", port=lambda s: s.serving_port, requires=("redis", "mlflow", "kafka", "feast-apply"),
             url=lambda s: s.serving_url),
+    Service("monitoring-service", "monitoring", port=lambda s: s.monitoring_service_port,
+            requires=("postgres", "mlflow"), url=lambda s: f"{s.monitoring_service_url}/metrics"),
     Service("grafana", "monitoring", docker_only=True, url=lambda s: _http(s.bind_address, s.grafana_port)),
     Service("elasticsearch", "elk", docker_only=True,
             url=lambda s: _http(s.bind_address, s.elasticsearch_port)),
@@ -175,6 +177,8 @@ def python_command(name: str, settings: Settings) -> Command:
         return Command([py, "-m", "model_serving.api"], {"PYTHONPATH": str(REPO_ROOT)})
     if name == "prediction-logger":
         return Command([py, "-m", "model_serving.prediction_logger"], {"PYTHONPATH": str(REPO_ROOT)})
+    if name == "monitoring-service":
+        return Command([py, "-m", "monitoring_service"], {"PYTHONPATH": str(REPO_ROOT)})
     if name == "stream-consumer":
         return Command([py, "-m", "data_pipeline.stream_consumer"], {"PYTHONPATH": str(REPO_ROOT)})
     if name == "feast-apply":

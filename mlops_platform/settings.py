@@ -83,6 +83,16 @@ class Settings:
     stream_consumer_host: str
     stream_consumer_port: int
 
+    monitoring_service_host: str
+    monitoring_service_port: int
+    monitor_interval_seconds: float
+    monitor_window_minutes: int
+    monitor_min_rows: int
+    drift_share_threshold: float
+    live_rmse_threshold: float
+    retrain_sustain_minutes: float
+    retrain_cooldown_minutes: float
+
     prometheus_host: str
     prometheus_port: int
     grafana_port: int
@@ -157,6 +167,10 @@ class Settings:
     @property
     def model_uri(self) -> str:
         return f"models:/{self.model_name}@{self.model_alias}"
+
+    @property
+    def monitoring_service_url(self) -> str:
+        return f"http://{self.monitoring_service_host}:{self.monitoring_service_port}"
 
     @property
     def prometheus_url(self) -> str:
@@ -275,6 +289,15 @@ def load_settings(environ: dict[str, str] | None = None, env_file: Path | None =
         driver_stats_dlq_topic=text("DRIVER_STATS_DLQ_TOPIC"),
         stream_consumer_host=text("STREAM_CONSUMER_HOST"),
         stream_consumer_port=port("STREAM_CONSUMER_PORT"),
+        monitoring_service_host=text("MONITORING_SERVICE_HOST"),
+        monitoring_service_port=port("MONITORING_SERVICE_PORT"),
+        monitor_interval_seconds=float(text("MONITOR_INTERVAL_SECONDS")),
+        monitor_window_minutes=integer("MONITOR_WINDOW_MINUTES"),
+        monitor_min_rows=integer("MONITOR_MIN_ROWS"),
+        drift_share_threshold=share("DRIFT_SHARE_THRESHOLD"),
+        live_rmse_threshold=float(text("LIVE_RMSE_THRESHOLD")),
+        retrain_sustain_minutes=float(text("RETRAIN_SUSTAIN_MINUTES")),
+        retrain_cooldown_minutes=float(text("RETRAIN_COOLDOWN_MINUTES")),
         prometheus_host=text("PROMETHEUS_HOST"),
         prometheus_port=port("PROMETHEUS_PORT"),
         grafana_port=port("GRAFANA_PORT"),

@@ -29,6 +29,7 @@ TEST_ENVIRONMENT = {
     "SERVING_PORT": "18000",
     "STREAM_CONSUMER_PORT": "19108",
     "PREDICTION_LOGGER_PORT": "19109",
+    "MONITORING_SERVICE_PORT": "19110",
 }
 for _key, _value in TEST_ENVIRONMENT.items():  # an exported variable still wins, e.g. to run two sessions
     os.environ.setdefault(_key, _value)

@@ -47,3 +47,14 @@ def test_ingestion_is_daily_and_retries_and_feeds_materialization(dagbag):
     assert [o.uri for o in stats.outlets] == ["postgres://postgres:5432/feast/public/driver_hourly_stats"]
     assert "driver_hourly_stats" in str(materialization.timetable.asset_condition)
     assert materialization.get_task("materialize").upstream_task_ids == {"apply_feature_repo"}
+
+
+def test_batch_serving_is_daily_by_data_interval_and_retries(dagbag):
+    from airflow.timetables.interval import CronDataIntervalTimetable
+
+    batch = dagbag.dags["batch_serving"]
+    assert isinstance(batch.timetable, CronDataIntervalTimetable)
+    assert batch.timetable.summary in ("@daily", "0 0 * * *")
+    assert not batch.catchup and batch.max_active_runs == 1
+    assert [t.task_id for t in batch.tasks] == ["score_active_drivers"]
+    assert all(t.retries >= 1 for t in batch.tasks)

@@ -1,0 +1,41 @@
+"""batch_serving: every driver active at the end of the day, scored by the champion model.
+
+One run per data interval (a day), for the moment the interval ends: point-in-time features from
+Feast's offline store, the `champion` version of MODEL_NAME, rows in `batch_predictions` and a parquet
+export under <PLATFORM_HOME>/batch_predictions/<run id>.parquet. Re-running a run replaces its rows,
+so retries, clears and backfills are safe. The steps live in model_serving.batch;
+`python -m model_serving.batch --at <ISO>` runs the same ones without Airflow.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import DAG, task
+from airflow.timetables.interval import CronDataIntervalTimetable
+
+with DAG(
+    dag_id="batch_serving",
+    # Data intervals, not bare trigger times: a run scores as of its interval's end, whenever it runs.
+    schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
+    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),  # catchup is off: no backfill from here
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
+    tags=["serving", "mlflow", "feast"],
+    doc_md=__doc__,
+):
+
+    @task
+    def score_active_drivers(data_interval_end=None, run_id=None) -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from model_serving.batch import NoChampion, run_batch
+
+        try:
+            return run_batch(data_interval_end, run_id).as_dict()
+        except NoChampion as error:  # retrying cannot create a champion
+            raise AirflowFailException(str(error)) from error
+
+    score_active_drivers()

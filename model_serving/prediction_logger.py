@@ -1,0 +1,339 @@
+"""The prediction logger: online predictions and their outcomes from Kafka into PostgreSQL.
+
+`python -m model_serving.prediction_logger` runs until SIGTERM or SIGINT, as consumer group
+`prediction-logger` on the predictions and ground-truth topics. Each loop polls a batch, validates
+every message (model_serving.prediction_messages), sends the invalid ones with their reason to
+`<topic>_dlq`, inserts the valid ones into `prediction_log` and `ground_truth` in one transaction
+(ON CONFLICT DO NOTHING), and only then commits the batch's offsets. Delivery is at least once and
+the inserts are idempotent, so a crash loses nothing and a redelivery adds nothing. An outcome that
+arrives before its prediction is stored all the same; `labeled_predictions` joins them once both exist.
+
+The loop itself (retries with a growing pause, rewinding an abandoned batch, the watchdog that
+replaces a stuck Kafka client, lag, a clean stop on a signal) is the stream consumer's
+(data_pipeline.stream_consumer.StreamConsumer); this module supplies what differs: topics,
+validation, the store and the metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from data_pipeline import stream_topics
+from data_pipeline.stream_consumer import (
+    MAX_POLL_RECORDS,
+    POLL_TIMEOUT_MS,
+    RETRY_MAX_SECONDS,
+    RETRY_MIN_SECONDS,
+    SESSION_TIMEOUT_MS,
+    StageFailed,
+    StreamConsumer,
+    _rebalance_listener,
+)
+from data_pipeline.stream_messages import Rejection, dead_letter
+from mlops_platform.health import TIMEOUT_SECONDS, Unhealthy
+from mlops_platform.logs import configure_logging
+from mlops_platform.settings import Settings, get_settings
+from model_serving.prediction_logger_metrics import CONSUMED, LAG, READY, LoggerMetrics
+from model_serving.prediction_messages import (
+    GroundTruth,
+    Prediction,
+    dlq_topic,
+    validate_ground_truth,
+    validate_prediction,
+)
+from model_serving.prediction_store import (
+    GROUND_TRUTH_TABLE,
+    PREDICTIONS_TABLE,
+    ensure_schema,
+    insert_ground_truth,
+    insert_predictions,
+)
+
+SERVICE = "prediction-logger"
+GROUP_ID = "prediction-logger"
+
+log = logging.getLogger(SERVICE)
+
+
+def topics(settings: Settings) -> tuple[str, str]:
+    """The topics the logger reads: predictions, then ground truth."""
+    return settings.predictions_topic, settings.ground_truth_topic
+
+
+def ensure_topics(settings: Settings) -> dict[str, int]:
+    """Both topics and their dead-letter topics, with the stream pipeline's partition counts (3 and 1)."""
+    found: dict[str, int] = {}
+    for topic in topics(settings):
+        found.update(stream_topics.ensure_topics(
+            replace(settings, driver_stats_topic=topic, driver_stats_dlq_topic=dlq_topic(topic))))
+    return found
+
+
+@dataclass
+class ValidBatch:
+    """The valid messages of one polled batch, by kind."""
+
+    predictions: list[Prediction] = field(default_factory=list)
+    ground_truth: list[GroundTruth] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.predictions) + len(self.ground_truth)
+
+
+def split(records: Sequence[Any], settings: Settings,
+          now: datetime | None = None) -> tuple[ValidBatch, list[tuple[Any, Rejection]]]:
+    """Validate each record by its topic: (the valid messages, the refused records with their reason)."""
+    now = now or datetime.now(UTC)
+    valid = ValidBatch()
+    rejected: list[tuple[Any, Rejection]] = []
+    for record in records:
+        if record.topic == settings.predictions_topic:
+            result: Any = validate_prediction(record.value, now)
+        elif record.topic == settings.ground_truth_topic:
+            result = validate_ground_truth(record.value, now)
+        else:
+            raise ValueError(f"expected a record of {topics(settings)}, got one of topic {record.topic!r}")
+        if isinstance(result, Rejection):
+            rejected.append((record, result))
+        elif isinstance(result, Prediction):
+            valid.predictions.append(result)
+        else:
+            valid.ground_truth.append(result)
+    return valid, rejected
+
+
+class StoreWriter:
+    """Inserts a batch's predictions and outcomes in one transaction over one kept-open connection."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._conn = None
+
+    def check(self) -> None:
+        """Create the tables if needed and open the connection."""
+        ensure_schema(self.settings)
+        self._connection()
+
+    def _connection(self):
+        import psycopg2
+
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg2.connect(self.settings.postgres_dsn(self.settings.feast_db), connect_timeout=10,
+                                          application_name=SERVICE)
+        return self._conn
+
+    def write(self, batch: ValidBatch) -> dict[str, int]:
+        """Insert the batch; returns the new rows per table (a redelivered message adds none)."""
+        import psycopg2
+
+        if not len(batch):
+            return {PREDICTIONS_TABLE: 0, GROUND_TRUTH_TABLE: 0}
+        conn = self._connection()
+        try:
+            with conn.cursor() as cur:
+                inserted = {
+                    PREDICTIONS_TABLE: insert_predictions(cur, [p.row() for p in batch.predictions]),
+                    GROUND_TRUTH_TABLE: insert_ground_truth(cur, [g.row() for g in batch.ground_truth]),
+                }
+            conn.commit()
+        except psycopg2.Error:
+            # A broken connection is replaced on the next batch; a failed statement is rolled back.
+            try:
+                conn.rollback()
+            except psycopg2.Error:
+                conn.close()
+            raise
+        return inserted
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
+class PredictionLogger(StreamConsumer):
+    """One member of group `prediction-logger`: the stream consumer's loop with this service's parts.
+
+    Built with LoggerMetrics (same attribute names as the consumer's). The store writer sits where the
+    stream consumer keeps its offline writer, so closing is shared too.
+    """
+
+    def connect(self) -> None:
+        """Topics, the store and the group membership; raises on the first that does not answer."""
+        from kafka import KafkaProducer
+
+        ensure_topics(self.settings)
+        if self.offline is None:
+            self.offline = StoreWriter(self.settings)
+        self.offline.check()
+        if self.dlq is None:
+            self.dlq = KafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap_servers, acks="all",
+                                     linger_ms=5, client_id=f"{GROUP_ID}-dlq", bootstrap_timeout_ms=10_000)
+        if self.consumer is None:
+            self.consumer = self._kafka_consumer()
+
+    def _kafka_consumer(self):
+        from kafka import KafkaConsumer
+
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers, group_id=GROUP_ID,
+            client_id=f"{GROUP_ID}-{threading.get_native_id()}",
+            enable_auto_commit=False, auto_offset_reset="earliest",
+            max_poll_records=MAX_POLL_RECORDS, fetch_max_wait_ms=POLL_TIMEOUT_MS,
+            session_timeout_ms=SESSION_TIMEOUT_MS, heartbeat_interval_ms=SESSION_TIMEOUT_MS // 4,
+            bootstrap_timeout_ms=10_000,
+        )
+        self.joined.clear()
+        self.unassigned_since = time.monotonic()
+        consumer.subscribe(list(topics(self.settings)), listener=_rebalance_listener(self))
+        consumer.topics()  # see StreamConsumer._kafka_consumer: the first join then sees the partitions
+        return consumer
+
+    def connect_until_ready(self) -> bool:
+        """Retry `connect` with a growing pause until it works or a stop is asked for."""
+        delay = RETRY_MIN_SECONDS
+        while not self.stop.is_set():
+            try:
+                self.connect()
+                log.info("connected to Kafka and PostgreSQL",
+                         extra={"bootstrap_servers": self.settings.kafka_bootstrap_servers,
+                                "topics": list(topics(self.settings)), "group_id": GROUP_ID})
+                return True
+            except Exception as exc:  # any client library's error: report it and try again
+                log.warning("not connected yet", extra={"error": f"{type(exc).__name__}: {exc}", "retry_in_s": delay})
+                self.stop.wait(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+        return False
+
+    def process(self, records: Sequence[Any]) -> None:
+        """Validate, store and dead-letter the batch, then commit it; raises StageFailed."""
+        started = time.perf_counter()
+        for record in records:
+            self.metrics.consumed.labels(record.topic).inc()
+        now = datetime.now(UTC)
+        valid, rejected = split(records, self.settings, now)
+
+        futures = self._send_dead_letters(rejected, now)
+        inserted = self._stage("store", self.offline.write, valid)
+        self._stage("dead_letter", self._await_dead_letters, futures)
+        if not self._commit(records):
+            return
+
+        elapsed = time.perf_counter() - started
+        self.metrics.batch_write.labels("total").observe(elapsed)
+        offered = {PREDICTIONS_TABLE: len(valid.predictions), GROUND_TRUTH_TABLE: len(valid.ground_truth)}
+        for table, count in inserted.items():
+            self.metrics.stored.labels(table).inc(count)
+            self.metrics.duplicates.labels(table).inc(offered[table] - count)
+        self.metrics.batches.inc()
+        self.metrics.last_success.set_to_current_time()
+        self.metrics.ready.set(1)
+        log.debug("batch committed", extra={"records": len(records), "valid": len(valid), "rejected": len(rejected),
+                                            "inserted": inserted, "latency_ms": round(elapsed * 1000, 1)})
+
+    def _commit(self, records: Sequence[Any]) -> bool:
+        """Commit past the batch; False when a rebalance moved its partitions (the new owner re-reads it)."""
+        from kafka.errors import CommitFailedError, RebalanceInProgressError
+        from kafka.structs import OffsetAndMetadata, TopicPartition
+
+        offsets: dict[Any, Any] = {}
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            if tp not in offsets or offsets[tp].offset <= record.offset:
+                offsets[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
+        try:
+            self._stage("commit", self.consumer.commit, offsets)
+        except StageFailed as failure:
+            if not isinstance(failure.__cause__, CommitFailedError | RebalanceInProgressError):
+                raise
+            log.warning("commit refused after a rebalance; the batch will be read again by the new owner",
+                        extra={"records": len(records), "error": str(failure)})
+            return False
+        return True
+
+    def _send_dead_letters(self, rejected: list[tuple[Any, Rejection]], now: datetime) -> list[Any]:
+        futures = []
+        by_reason: dict[str, int] = {}
+        for record, rejection in rejected:
+            self.metrics.rejected.labels(record.topic, rejection.reason_class).inc()
+            by_reason[rejection.reason_class] = by_reason.get(rejection.reason_class, 0) + 1
+            payload = dead_letter(record.value, record.key, rejection, record.topic, record.partition, record.offset,
+                                  now)
+            try:
+                futures.append(self.dlq.send(dlq_topic(record.topic), value=payload, key=record.key))
+            except Exception as exc:
+                raise StageFailed("dead_letter", exc) from exc
+        if rejected:  # one line per batch; each message's reason is in its dead-letter record
+            record, rejection = rejected[0]
+            log.info("messages rejected", extra={"rejected": len(rejected), "by_reason": by_reason,
+                                                 "first_reason": rejection.reason, "first_topic": record.topic,
+                                                 "first_partition": record.partition, "first_offset": record.offset})
+        return futures
+
+
+def logger_health(settings: Settings) -> str:
+    """Healthy when the logger's metrics say it is connected and its last batch went through."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"{settings.prediction_logger_url}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS) as response:
+            body = response.read().decode(errors="replace")
+    except (urllib.error.URLError, OSError) as exc:
+        raise Unhealthy(f"{url} does not answer ({getattr(exc, 'reason', exc)})") from None
+    ready: float | None = None
+    consumed = lag = 0.0
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            if sample.name == READY:
+                ready = sample.value
+            elif sample.name == CONSUMED:
+                consumed += sample.value
+            elif sample.name == LAG:
+                lag += sample.value
+    if ready is None:
+        raise Unhealthy(f"{url} answered without {READY}: is this the prediction logger?")
+    if ready != 1.0:
+        raise Unhealthy(f"{READY} is {ready:g}, expected 1: not connected to Kafka and PostgreSQL yet, "
+                        "or the last batch failed (see its log)")
+    return f"ready, {consumed:.0f} messages consumed, lag {lag:.0f}"
+
+
+def main() -> int:
+    from prometheus_client import start_http_server
+
+    settings = get_settings()
+    configure_logging(SERVICE, settings.log_level)
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame) -> None:
+        log.info("stop requested", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    metrics = LoggerMetrics()
+    server, _thread = start_http_server(settings.prediction_logger_port, addr=settings.listen_address)
+    log.info("metrics served", extra={"url": f"{settings.prediction_logger_url}/metrics"})
+    logger = PredictionLogger(settings, metrics, stop)
+    try:
+        logger.run()
+    finally:
+        logger.close()
+        server.shutdown()
+    log.info("stopped cleanly", extra={"exit_code": 0})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

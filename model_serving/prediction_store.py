@@ -1,0 +1,125 @@
+"""Where served predictions and their outcomes are kept: tables in the `feast` PostgreSQL database.
+
+- `prediction_log`: one row per (request, driver) the online API scored, with the features it used
+  (as sent, in `features`, and as columns for plain SQL) and the model version that scored it.
+- `ground_truth`: whether the trip of a (request, driver) was completed, as reported by /feedback.
+- `labeled_predictions`: the two joined once both exist; what live monitoring (RMSE, MAE, ROC AUC)
+  reads. An outcome that arrives before its prediction waits in `ground_truth` until it joins.
+- `batch_predictions`: the daily batch scores, one row per (run, driver).
+
+Both logs are keyed by (request_id, driver_id) and written with ON CONFLICT DO NOTHING, so a message
+delivered twice (Kafka delivers at least once) adds nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from data_pipeline.offline_store import connect
+from mlops_platform.settings import Settings
+
+PREDICTIONS_TABLE = "prediction_log"
+GROUND_TRUTH_TABLE = "ground_truth"
+LABELED_VIEW = "labeled_predictions"
+BATCH_TABLE = "batch_predictions"
+
+FEATURES = ("conv_rate", "acc_rate", "avg_daily_trips")
+PREDICTION_COLUMNS = ("request_id", "driver_id", "features", *FEATURES, "score", "model_name", "model_version",
+                      "predicted_at")
+GROUND_TRUTH_COLUMNS = ("request_id", "driver_id", "trip_completed", "observed_at")
+BATCH_COLUMNS = ("run_id", "driver_id", "event_timestamp", "score", "model_name", "model_version")
+
+DDL = f"""
+create table if not exists {PREDICTIONS_TABLE} (
+    request_id       text             not null,
+    driver_id        bigint           not null,
+    features         jsonb            not null,
+    conv_rate        double precision,
+    acc_rate         double precision,
+    avg_daily_trips  double precision,
+    score            double precision not null,
+    model_name       text             not null,
+    model_version    text             not null,
+    predicted_at     timestamptz      not null,
+    logged_at        timestamptz      not null default now(),
+    primary key (request_id, driver_id)
+);
+create index if not exists {PREDICTIONS_TABLE}_predicted_at_idx on {PREDICTIONS_TABLE} (predicted_at);
+
+create table if not exists {GROUND_TRUTH_TABLE} (
+    request_id       text        not null,
+    driver_id        bigint      not null,
+    trip_completed   smallint    not null check (trip_completed in (0, 1)),
+    observed_at      timestamptz not null,
+    logged_at        timestamptz not null default now(),
+    primary key (request_id, driver_id)
+);
+create index if not exists {GROUND_TRUTH_TABLE}_observed_at_idx on {GROUND_TRUTH_TABLE} (observed_at);
+
+create or replace view {LABELED_VIEW} as
+select p.request_id, p.driver_id, p.conv_rate, p.acc_rate, p.avg_daily_trips, p.score, p.model_name,
+       p.model_version, p.predicted_at, g.trip_completed, g.observed_at,
+       g.observed_at - p.predicted_at as label_delay
+from {PREDICTIONS_TABLE} p
+join {GROUND_TRUTH_TABLE} g using (request_id, driver_id);
+
+create table if not exists {BATCH_TABLE} (
+    run_id           text             not null,
+    driver_id        bigint           not null,
+    event_timestamp  timestamptz      not null,
+    score            double precision not null,
+    model_name       text             not null,
+    model_version    text             not null,
+    created_at       timestamptz      not null default now(),
+    primary key (run_id, driver_id)
+);
+create index if not exists {BATCH_TABLE}_event_timestamp_idx on {BATCH_TABLE} (event_timestamp);
+"""
+
+_INSERT_PREDICTIONS = (f"insert into {PREDICTIONS_TABLE} ({', '.join(PREDICTION_COLUMNS)}) values %s "
+                       "on conflict (request_id, driver_id) do nothing")
+_INSERT_GROUND_TRUTH = (f"insert into {GROUND_TRUTH_TABLE} ({', '.join(GROUND_TRUTH_COLUMNS)}) values %s "
+                        "on conflict (request_id, driver_id) do nothing")
+_INSERT_BATCH = f"insert into {BATCH_TABLE} ({', '.join(BATCH_COLUMNS)}) values %s"
+
+
+def ensure_schema(settings: Settings | None = None) -> None:
+    """Create the tables and the view if missing (idempotent; serialised, since two services may race)."""
+    with connect(settings) as conn, conn.cursor() as cur:
+        cur.execute("select pg_advisory_xact_lock(hashtext('prediction_store_schema'))")
+        cur.execute(DDL)
+
+
+def _insert(cur, statement: str, rows: Sequence[tuple[Any, ...]], template: str | None = None) -> int:
+    """One INSERT for all rows; returns how many were new (rowcount of the single statement)."""
+    from psycopg2.extras import execute_values
+
+    if not rows:
+        return 0
+    execute_values(cur, statement, rows, template=template, page_size=len(rows))
+    return cur.rowcount
+
+
+def insert_predictions(cur, rows: Sequence[tuple[Any, ...]]) -> int:
+    """Rows in PREDICTION_COLUMNS order (`features` as a JSON string); returns how many were new."""
+    template = "(" + ", ".join("%s::jsonb" if c == "features" else "%s" for c in PREDICTION_COLUMNS) + ")"
+    return _insert(cur, _INSERT_PREDICTIONS, rows, template)
+
+
+def insert_ground_truth(cur, rows: Sequence[tuple[Any, ...]]) -> int:
+    """Rows in GROUND_TRUTH_COLUMNS order; returns how many were new."""
+    return _insert(cur, _INSERT_GROUND_TRUTH, rows)
+
+
+def replace_batch_predictions(cur, run_id: str, rows: Sequence[tuple[Any, ...]]) -> tuple[int, int]:
+    """Swap a run's rows for `rows` (BATCH_COLUMNS order) in the caller's transaction: (deleted, inserted).
+
+    Readers see the old rows or the new ones, never a mix, so re-running a run is safe.
+    """
+    wrong = sorted({str(row[0]) for row in rows if row[0] != run_id})
+    if wrong:
+        raise ValueError(f"every row must belong to run {run_id!r}, found rows of {wrong[:3]}")
+    cur.execute(f"delete from {BATCH_TABLE} where run_id = %s", (run_id,))
+    deleted = cur.rowcount
+    return deleted, _insert(cur, _INSERT_BATCH, rows)
