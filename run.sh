@@ -267,9 +267,12 @@ cmd_deploy() {
   ensure_env_file
   resolve_mode
   if [[ "$MODE" == docker ]]; then
+    compose --profile '*' build
     compose --profile feast run --rm feast-init
-    compose --profile airflow exec -T airflow-dag-processor python -m airflow dags reserialize
-    compose --profile serving up -d --build --no-deps --wait serving prediction-logger
+    # Recreated from the new image, the Airflow containers read the new DAGs.
+    compose --profile airflow up -d --wait airflow-api-server airflow-scheduler airflow-dag-processor airflow-triggerer
+    compose --profile monitoring exec -T prometheus wget -q -O- --post-data= http://127.0.0.1:9090/-/reload
+    compose --profile serving up -d --no-deps --wait serving prediction-logger
   else
     [[ -x "$VENV_PY" ]] || cmd_setup
     "$VENV_PY" -m mlops_platform.deploy

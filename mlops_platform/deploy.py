@@ -1,14 +1,17 @@
 """`bash run.sh deploy` in local mode: ship the checked-out code to the running platform.
 
-Three steps, each a no-op where there is nothing to do: apply the feature repo if it changed,
-have Airflow re-read the DAG files now rather than at its next scan, and roll the serving API and
-the prediction logger onto the new code (stop, start, wait healthy).
+It starts what it deploys to when that is not running (`up` is idempotent), applies the feature repo
+if it changed, has Airflow re-read the DAG files now rather than at its next scan, reloads
+Prometheus's rules and targets, and rolls the serving API and the prediction logger onto the new
+code (stop, start, wait healthy).
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 
 from mlops_platform import local
 from mlops_platform.feast_apply import apply_if_changed
@@ -19,21 +22,22 @@ from mlops_platform.settings import get_settings
 def main() -> int:
     settings = get_settings()
     try:
-        if local.read_pid(settings, "postgres") is None:
-            raise local.PlatformError("PostgreSQL is not running: `bash run.sh all up` first")
+        for stack in ("feast", "airflow", "monitoring"):
+            local.up(stack, settings, asked_alone=False)
         local.say("[deploy] feature repo")
         apply_if_changed(settings)
-        if local.read_pid(settings, "airflow-dag-processor") is not None:
-            local.say("[deploy] DAGs: reserializing")
-            subprocess.run([sys.executable, "-m", "airflow", "dags", "reserialize"], check=True,
-                           env=merged_env(airflow_env(settings)), stdout=subprocess.DEVNULL)
-        else:
-            local.say("[deploy] DAGs: Airflow is not running; it reads them when it starts")
+        local.say("[deploy] DAGs: reserializing")
+        subprocess.run([sys.executable, "-m", "airflow", "dags", "reserialize"], check=True,
+                       env=merged_env(airflow_env(settings)), stdout=subprocess.DEVNULL)
+        local.say("[deploy] Prometheus: rules and targets")
+        local.PREPARE["prometheus"](settings)
+        urllib.request.urlopen(urllib.request.Request(f"{settings.prometheus_url}/-/reload", method="POST"),
+                               timeout=10).close()
         local.say("[deploy] serving")
         for name in ("prediction-logger", "serving"):
             local.stop(BY_NAME[name], settings)
         local.up("serving", settings, asked_alone=True)
-    except (local.PlatformError, subprocess.CalledProcessError) as exc:
+    except (local.PlatformError, subprocess.CalledProcessError, urllib.error.URLError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

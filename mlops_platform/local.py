@@ -240,8 +240,7 @@ def render_prometheus_config(settings: Settings) -> str:
         "serving:8000": f"127.0.0.1:{settings.serving_port}",
         "stream-consumer:9108": f"127.0.0.1:{settings.stream_consumer_port}",
         "prediction-logger:9109": f"127.0.0.1:{settings.prediction_logger_port}",
-        # The settings gain MONITORING_SERVICE_PORT with the monitoring service; until then, its default.
-        "monitoring-service:9110": f"127.0.0.1:{getattr(settings, 'monitoring_service_port', 9110)}",
+        "monitoring-service:9110": f"127.0.0.1:{settings.monitoring_service_port}",
     }
     text = drop_docker_only_blocks(PROMETHEUS_CONFIG.read_text())
     return re.sub(r"\b[a-z][a-z0-9-]*:\d+\b", lambda m: local_targets.get(m.group(0), m.group(0)), text)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from datetime import UTC, datetime
+from logging.handlers import RotatingFileHandler
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -35,11 +37,29 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(event, default=str)
 
 
+LOG_FILE_BYTES = 10 * 1024 * 1024
+LOG_FILE_BACKUPS = 3
+
+
 def configure_logging(service: str, level: str = "INFO") -> logging.Logger:
-    """Route every logger of this process to stdout as JSON lines; returns the service's logger."""
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter(service))
+    """Route every logger of this process to stdout as JSON lines; returns the service's logger.
+
+    Local mode already writes each service's stdout to `<PLATFORM_HOME>/logs/<service>.log`. In docker
+    mode the same lines also go to that file on the shared log volume (rotated), where Filebeat reads them.
+    """
+    formatter = JsonFormatter(service)
+    stdout = logging.StreamHandler(sys.stdout)
+    stdout.setFormatter(formatter)
+    handlers: list[logging.Handler] = [stdout]
+    if os.environ.get("PLATFORM_MODE") == "docker":
+        from mlops_platform.settings import get_settings
+
+        folder = get_settings().home / "logs"
+        folder.mkdir(parents=True, exist_ok=True)
+        file = RotatingFileHandler(folder / f"{service}.log", maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_BACKUPS)
+        file.setFormatter(formatter)
+        handlers.append(file)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = handlers
     root.setLevel(level)
     return logging.getLogger(service)

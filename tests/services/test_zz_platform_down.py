@@ -22,6 +22,16 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
+def test_deploy_rolls_serving_onto_the_checkout_and_keeps_the_platform_healthy(platform_up, settings):
+    before = local.read_pid(settings, "serving")
+    result = run_sh("deploy")
+    for step in ("[deploy] feature repo", "[deploy] DAGs: reserializing", "[deploy] Prometheus", "[deploy] serving"):
+        assert step in result.stdout, result.stdout
+    after = local.read_pid(settings, "serving")
+    assert after is not None and after != before, "the serving API was restarted on the new code"
+    assert "unhealthy" not in run_sh("all", "status").stdout
+
+
 def test_all_down_leaves_no_process_and_no_open_port(platform_up, settings):
     groups = {}
     for service in SERVICES:

@@ -74,3 +74,30 @@ def test_serving_auth_is_on_in_docker_mode_and_off_in_local_mode_by_default(tmp_
     assert load_settings({**with_token, "SERVING_AUTH": "on"}, tmp_path / "none").serving_auth is True
     with pytest.raises(SettingsError, match="SERVING_API_TOKEN is empty"):
         load_settings({**SECRETS, "SERVING_AUTH": "on", "SERVING_API_TOKEN": ""}, tmp_path / "none")
+
+
+def test_docker_mode_also_writes_json_logs_to_the_shared_log_folder(tmp_path: Path, monkeypatch):
+    import json
+    import logging
+
+    from mlops_platform import logs
+    from mlops_platform import settings as settings_module
+
+    monkeypatch.setenv("PLATFORM_MODE", "docker")
+    monkeypatch.setenv("PLATFORM_HOME", str(tmp_path))
+    monkeypatch.setenv("SERVING_API_TOKEN", "t0ken")
+    for key, value in SECRETS.items():
+        monkeypatch.setenv(key, value)
+    settings_module.get_settings.cache_clear()
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        logs.configure_logging("unit-test").info("hello", extra={"request_id": "r-1", "latency_ms": 1.5})
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        line = json.loads((tmp_path / "logs" / "unit-test.log").read_text().splitlines()[-1])
+        assert line["message"] == "hello" and line["service"] == "unit-test" and line["request_id"] == "r-1"
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        settings_module.get_settings.cache_clear()
