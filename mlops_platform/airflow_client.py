@@ -31,7 +31,8 @@ class AirflowClient:
     def from_settings(cls, settings: Settings | None = None) -> AirflowClient:
         return cls(settings or get_settings())
 
-    def _call(self, method: str, path: str, body: dict | None = None, auth: bool = True) -> dict:
+    def request(self, method: str, path: str, body: dict | None = None, auth: bool = True) -> dict:
+        """One REST call (JSON in, JSON out); raises AirflowError naming the call and the answer."""
         request = urllib.request.Request(f"{self.settings.airflow_url}{path}", method=method,
                                          data=json.dumps(body).encode() if body is not None else None)
         request.add_header("Content-Type", "application/json")
@@ -49,13 +50,13 @@ class AirflowClient:
 
     def token(self) -> str:
         if self._token is None:
-            self._token = self._call("POST", "/auth/token", {"username": self.settings.airflow_admin_user,
+            self._token = self.request("POST", "/auth/token", {"username": self.settings.airflow_admin_user,
                                                             "password": self.settings.airflow_admin_password},
                                      auth=False)["access_token"]
         return self._token
 
     def unpause(self, dag_id: str) -> None:
-        self._call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
+        self.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
 
     def trigger(self, dag_id: str, conf: dict | None = None, note: str | None = None) -> str:
         """Start a run now; returns its run id. The DAG is unpaused first, or the run would only queue."""
@@ -63,10 +64,10 @@ class AirflowClient:
         body: dict = {"logical_date": None, "conf": conf or {}}
         if note:
             body["note"] = note
-        return self._call("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)["dag_run_id"]
+        return self.request("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)["dag_run_id"]
 
     def run_state(self, dag_id: str, run_id: str) -> str:
-        return self._call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")["state"]
+        return self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")["state"]
 
     def wait(self, dag_id: str, run_id: str, timeout: float = 900.0, poll: float = 2.0) -> str:
         """Block until the run finished; returns 'success' or 'failed', raises on timeout."""
@@ -80,4 +81,4 @@ class AirflowClient:
 
     def runs(self, dag_id: str, state: str | None = None, limit: int = 100) -> list[dict]:
         query = f"?limit={limit}&order_by=-start_date" + (f"&state={state}" if state else "")
-        return self._call("GET", f"/api/v2/dags/{dag_id}/dagRuns{query}")["dag_runs"]
+        return self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns{query}")["dag_runs"]

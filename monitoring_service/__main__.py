@@ -1,0 +1,3 @@
+from monitoring_service.service import main
+
+raise SystemExit(main())

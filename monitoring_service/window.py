@@ -1,0 +1,47 @@
+"""What the champion served in the window: its logged predictions, and those that have an outcome.
+
+Only the champion's version is read: its training reference is what the drift is measured against,
+and its scores are what live error is about. Both reads are plain SQL on the prediction store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import pandas as pd
+
+from model_serving.prediction_store import FEATURES, LABELED_VIEW, PREDICTIONS_TABLE
+
+PREDICTION_FRAME = (*FEATURES, "score")
+LABELED_FRAME = ("score", "trip_completed")
+
+
+@dataclass(frozen=True)
+class Window:
+    """The half-open interval (start, end] of prediction times one evaluation looks at."""
+
+    start: datetime
+    end: datetime
+
+    @classmethod
+    def ending(cls, end: datetime, minutes: int) -> Window:
+        if minutes < 1:
+            raise ValueError(f"expected a window of at least 1 minute, got {minutes}")
+        return cls(end - timedelta(minutes=minutes), end)
+
+
+def read_predictions(cur, window: Window, model_name: str, model_version: str) -> pd.DataFrame:
+    """Features and score of each prediction the version made in the window."""
+    cur.execute(f"select {', '.join(PREDICTION_FRAME)} from {PREDICTIONS_TABLE} "
+                "where model_name = %s and model_version = %s and predicted_at > %s and predicted_at <= %s",
+                (model_name, model_version, window.start, window.end))
+    return pd.DataFrame(cur.fetchall(), columns=list(PREDICTION_FRAME), dtype="float64")
+
+
+def read_labeled(cur, window: Window, model_name: str, model_version: str) -> pd.DataFrame:
+    """Score and outcome of each prediction of the window whose outcome has arrived."""
+    cur.execute(f"select {', '.join(LABELED_FRAME)} from {LABELED_VIEW} "
+                "where model_name = %s and model_version = %s and predicted_at > %s and predicted_at <= %s",
+                (model_name, model_version, window.start, window.end))
+    return pd.DataFrame(cur.fetchall(), columns=list(LABELED_FRAME), dtype="float64")

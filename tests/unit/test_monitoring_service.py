@@ -1,0 +1,246 @@
+"""The monitoring service's parts without the loop: drift, live quality, no-data windows, the retrain policy."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+from prometheus_client import CollectorRegistry
+
+from mlops_platform.settings import load_settings
+from monitoring_service.airflow_runs import count_failed
+from monitoring_service.drift import COLUMNS, compute_drift, value_drift_scores
+from monitoring_service.metrics import MonitoringMetrics
+from monitoring_service.quality import live_quality
+from monitoring_service.reference import Champion
+from monitoring_service.reports import list_reports, report_name, write_report
+from monitoring_service.retrain_policy import DRIFT, LIVE_RMSE, Breach, RetrainPolicy, breaches
+from monitoring_service.service import Monitor, trigger_note
+
+T0 = datetime(2024, 9, 15, 12, 0, tzinfo=UTC)
+
+
+def frame(rng: np.random.Generator, n: int, conv_shift: float = 0.0, acc_shift: float = 0.0) -> pd.DataFrame:
+    conv = np.clip(rng.normal(0.4, 0.15, n) + conv_shift, 0, 1)
+    acc = np.clip(rng.normal(0.7, 0.1, n) + acc_shift, 0, 1)
+    trips = rng.poisson(12, n).astype(float)
+    return pd.DataFrame({"conv_rate": conv, "acc_rate": acc, "avg_daily_trips": trips,
+                         "score": 0.2 + 0.5 * conv + 0.2 * acc})
+
+
+# ---- drift ------------------------------------------------------------------------------------
+def test_a_sample_of_the_reference_distribution_has_not_drifted() -> None:
+    rng = np.random.default_rng(0)
+    result = compute_drift(frame(rng, 5000), frame(rng, 1000))
+    assert result.share == 0.0, result.scores
+    assert set(result.scores) == set(COLUMNS)
+    assert all(score < 0.1 for score in result.scores.values()), result.scores
+
+
+def test_shifted_rates_are_flagged_and_counted_in_the_share() -> None:
+    rng = np.random.default_rng(1)
+    result = compute_drift(frame(rng, 2000), frame(rng, 300, conv_shift=0.4, acc_shift=-0.3))
+    assert result.drifted["conv_rate"] and result.drifted["acc_rate"] and result.drifted["score"]
+    assert not result.drifted["avg_daily_trips"]
+    assert result.share == pytest.approx(2 / 3)
+
+
+def test_a_reference_without_the_expected_columns_is_refused_with_what_it_lacks() -> None:
+    rng = np.random.default_rng(2)
+    with pytest.raises(ValueError, match=r"lacks \['score'\]"):
+        compute_drift(frame(rng, 100).drop(columns="score"), frame(rng, 100))
+
+
+def test_value_drift_scores_reads_only_value_drift_metrics() -> None:
+    snapshot = {"metrics": [{"config": {"type": "evidently:metric_v2:DriftedColumnsCount"}, "value": {"share": 1}},
+                            {"config": {"type": "evidently:metric_v2:ValueDrift", "column": "acc_rate"}, "value": 0.3}]}
+    assert value_drift_scores(snapshot) == {"acc_rate": 0.3}
+
+
+# ---- live quality -----------------------------------------------------------------------------
+def test_live_metrics_match_a_hand_computation() -> None:
+    scores, labels = np.array([0.9, 0.2, 0.6, 0.4]), np.array([1, 0, 0, 1])
+    quality = live_quality(scores, labels)
+    assert quality.rmse == pytest.approx(math.sqrt((0.01 + 0.04 + 0.36 + 0.36) / 4))
+    assert quality.mae == pytest.approx((0.1 + 0.2 + 0.6 + 0.6) / 4)
+    # pairs (positive, negative): (0.9>0.2) (0.9>0.6) (0.4>0.2) (0.4<0.6) -> 3 of 4
+    assert quality.roc_auc == pytest.approx(0.75)
+    assert quality.rows == 4
+
+
+def test_auc_is_absent_with_one_class_and_empty_input_is_refused() -> None:
+    assert live_quality(np.array([0.3, 0.8]), np.array([1, 1])).roc_auc is None
+    with pytest.raises(ValueError, match="expected labelled predictions"):
+        live_quality(np.array([]), np.array([]))
+    with pytest.raises(ValueError, match="expected labels 0 or 1"):
+        live_quality(np.array([0.3]), np.array([2]))
+
+
+# ---- no-data windows publish nothing ----------------------------------------------------------
+def samples(registry: CollectorRegistry, name: str) -> dict[tuple, float]:
+    return {tuple(sorted(s.labels.items())): s.value for m in registry.collect() for s in m.samples
+            if s.name == name}
+
+
+class FakeCursor:
+    def __init__(self, predictions: list[tuple], labeled: list[tuple]) -> None:
+        self.rows = {"prediction_log": predictions, "labeled_predictions": labeled}
+        self.result: list[tuple] = []
+
+    def execute(self, sql: str, params=None) -> None:
+        self.result = self.rows["labeled_predictions" if "labeled_predictions" in sql else "prediction_log"]
+
+    def fetchall(self) -> list[tuple]:
+        return self.result
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+class FakeConnection(FakeCursor):
+    def cursor(self) -> FakeCursor:
+        return self._cursor
+
+
+def make_monitor(monkeypatch, tmp_path, predictions: list[tuple], labeled: list[tuple], reference=None,
+                 **overrides):
+    from monitoring_service import service
+
+    secrets = {key: "x" for key in ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "AIRFLOW_ADMIN_PASSWORD",
+                                    "AIRFLOW_FERNET_KEY", "AIRFLOW_SECRET_KEY")}
+    environ = {**secrets, "PLATFORM_MODE": "local", "PLATFORM_HOME": str(tmp_path), "MONITOR_MIN_ROWS": "10"}
+    settings = replace(load_settings(environ, tmp_path / "none.env"), **overrides)
+    conn = FakeConnection([], [])
+    conn._cursor = FakeCursor(predictions, labeled)
+    monkeypatch.setattr("data_pipeline.offline_store.connect", lambda settings=None: conn)
+    monkeypatch.setattr(service, "find_champion", lambda client, name, alias: Champion(name, "7", "run-7"))
+    registry = CollectorRegistry()
+    triggered: list[str] = []
+    monitor = Monitor(settings, MonitoringMetrics(registry), trigger=lambda note: triggered.append(note) or "run-1")
+    if reference is not None:
+        monitor.references._frames = {"run-7": reference}
+    return monitor, registry, triggered
+
+
+def test_a_window_with_too_few_predictions_publishes_no_numbers(monkeypatch, tmp_path) -> None:
+    rng = np.random.default_rng(3)
+    few = [tuple(row) for row in frame(rng, 5).to_numpy()]
+    monitor, registry, _ = make_monitor(monkeypatch, tmp_path, few, [(0.5, 1.0)] * 5, reference=frame(rng, 500))
+    monitor.metrics.drift_share.labels("7").set(0.9)  # a number from an earlier window must not survive
+    monitor.metrics.live_rmse.labels("7").set(0.9)
+    result = monitor.evaluate(T0)
+    assert samples(registry, "monitoring_window_has_data") == {(): 0.0}
+    assert samples(registry, "monitoring_window_has_labels") == {(): 0.0}
+    for name in ("monitoring_drift_share", "monitoring_feature_drift_score", "monitoring_live_rmse",
+                 "monitoring_live_mae", "monitoring_live_roc_auc"):
+        assert samples(registry, name) == {}, name
+    assert any("expected at least MONITOR_MIN_ROWS=10" in reason for reason in result.skipped)
+    assert not list_reports(tmp_path / "monitoring" / "reports")
+
+
+def test_a_window_with_predictions_but_no_labels_publishes_drift_only(monkeypatch, tmp_path) -> None:
+    rng = np.random.default_rng(4)
+    rows = [tuple(row) for row in frame(rng, 50).to_numpy()]
+    monitor, registry, _ = make_monitor(monkeypatch, tmp_path, rows, [], reference=frame(rng, 500))
+    monitor.evaluate(T0)
+    assert samples(registry, "monitoring_window_has_data") == {(): 1.0}
+    assert samples(registry, "monitoring_window_has_labels") == {(): 0.0}
+    assert set(samples(registry, "monitoring_drift_share")) == {(("model_version", "7"),)}
+    assert len(samples(registry, "monitoring_feature_drift_score")) == len(COLUMNS)
+    assert samples(registry, "monitoring_live_rmse") == {}
+    assert [p.name for p in list_reports(tmp_path / "monitoring" / "reports")] == [report_name(T0)]
+
+
+def test_labelled_window_publishes_live_metrics_by_model_version(monkeypatch, tmp_path) -> None:
+    rng = np.random.default_rng(5)
+    rows = [tuple(row) for row in frame(rng, 20).to_numpy()]
+    labeled = [(0.8, 1.0), (0.3, 0.0)] * 6
+    monitor, registry, _ = make_monitor(monkeypatch, tmp_path, rows, labeled, reference=frame(rng, 500))
+    monitor.evaluate(T0)
+    assert samples(registry, "monitoring_live_rmse") == {(("model_version", "7"),): pytest.approx(
+        math.sqrt((0.04 + 0.09) / 2))}
+    assert samples(registry, "monitoring_live_roc_auc") == {(("model_version", "7"),): 1.0}
+
+
+# ---- retraining policy ------------------------------------------------------------------------
+def drift(value: float = 0.9) -> Breach:
+    return Breach(DRIFT, "monitoring_drift_share", value, 0.5)
+
+
+def test_breaches_compare_each_number_with_its_threshold() -> None:
+    assert breaches(None, None, 0.5, 0.5) == []
+    assert [b.reason for b in breaches(0.67, 0.6, 0.5, 0.5)] == [DRIFT, LIVE_RMSE]
+    assert breaches(0.5, 0.5, 0.5, 0.5) == [], "at the threshold is not above it"
+
+
+def test_a_breach_must_hold_for_the_sustain_time_on_consecutive_evaluations() -> None:
+    policy = RetrainPolicy(sustain=timedelta(minutes=10), cooldown=timedelta(hours=6))
+    assert policy.decide(T0, [drift()]) is None
+    assert policy.decide(T0 + timedelta(minutes=5), [drift()]) is None
+    assert policy.decide(T0 + timedelta(minutes=6), []) is None, "an evaluation without the breach ends the streak"
+    assert policy.decide(T0 + timedelta(minutes=7), [drift()]) is None
+    assert policy.decide(T0 + timedelta(minutes=16), [drift()]) is None
+    assert policy.decide(T0 + timedelta(minutes=17), [drift()]) == drift()
+
+
+def test_exactly_one_trigger_per_cooldown_with_a_fake_clock() -> None:
+    policy = RetrainPolicy(sustain=timedelta(minutes=2), cooldown=timedelta(minutes=30))
+    triggers = []
+    now = T0
+    while now < T0 + timedelta(minutes=95):  # one evaluation a minute, always over the threshold
+        if policy.decide(now, [drift()]) is not None:
+            policy.triggered(now)
+            triggers.append(now)
+        now += timedelta(minutes=1)
+    assert triggers == [T0 + timedelta(minutes=2), T0 + timedelta(minutes=32), T0 + timedelta(minutes=62),
+                        T0 + timedelta(minutes=92)]
+
+
+def test_the_cooldown_resumes_from_the_last_recorded_trigger() -> None:
+    policy = RetrainPolicy(sustain=timedelta(0), cooldown=timedelta(minutes=30), last_trigger=T0)
+    assert policy.decide(T0 + timedelta(minutes=29), [drift()]) is None
+    assert policy.decide(T0 + timedelta(minutes=30), [drift()]) == drift()
+
+
+def test_the_monitor_triggers_once_and_says_why(monkeypatch, tmp_path) -> None:
+    from monitoring_service import service
+
+    rng = np.random.default_rng(6)
+    rows = [tuple(row) for row in frame(rng, 60, conv_shift=0.5, acc_shift=-0.4).to_numpy()]
+    monitor, registry, triggered = make_monitor(monkeypatch, tmp_path, rows, [], reference=frame(rng, 500),
+                                                retrain_sustain_minutes=1.0, retrain_cooldown_minutes=60.0)
+    recorded = []
+    monkeypatch.setattr(service.trigger_store, "record_trigger", lambda settings, record: recorded.append(record))
+    for minute in range(5):
+        monitor.evaluate(T0 + timedelta(minutes=minute))
+    assert len(triggered) == 1 and "monitoring_drift_share" in triggered[0]
+    assert [(r.reason, r.model_version, r.dag_run_id, r.triggered_at) for r in recorded] == [
+        (DRIFT, "7", "run-1", T0 + timedelta(minutes=1))]
+    assert samples(registry, "monitoring_retraining_triggered_total")[(("reason", DRIFT),)] == 1.0
+
+
+def test_the_note_names_metric_value_and_threshold() -> None:
+    note = trigger_note(drift(0.6667), "3")
+    assert "monitoring_drift_share = 0.6667 above 0.5" in note and "model version 3" in note
+
+
+def test_failed_runs_are_counted_per_dag_with_zero_for_dags_without_failures() -> None:
+    runs = [{"dag_id": "training"}, {"dag_id": "training"}, {"dag_id": "gone"}]
+    assert count_failed(["training", "batch_serving"], runs) == {"batch_serving": 0, "gone": 1, "training": 2}
+
+
+def test_reports_are_named_by_window_end_and_pruned(tmp_path) -> None:
+    class Snapshot:
+        def save_html(self, path: str) -> None:
+            open(path, "w").write("<html></html>")
+
+    for minute in range(4):
+        write_report(Snapshot(), tmp_path, T0 + timedelta(minutes=minute), keep=2)
+    assert [p.name for p in list_reports(tmp_path)] == ["2024-09-15T12-03-00Z.html", "2024-09-15T12-02-00Z.html"]
