@@ -19,7 +19,6 @@ restart); a fresh client rejoins, and at-least-once delivery makes the switch lo
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 import urllib.error
@@ -34,7 +33,7 @@ from data_pipeline.stream_metrics import READY, ConsumerMetrics
 from data_pipeline.stream_topics import ensure_topics
 from data_pipeline.stream_writers import OfflineWriter, OnlineWriter
 from mlops_platform.health import TIMEOUT_SECONDS, Unhealthy
-from mlops_platform.logs import configure_logging
+from mlops_platform.logs import configure_logging, stop_on_signals
 from mlops_platform.settings import Settings, get_settings
 
 SERVICE = "stream-consumer"
@@ -366,14 +365,7 @@ def main() -> int:
     settings = get_settings()
     configure_logging(SERVICE, settings.log_level)
     logging.getLogger("kafka").setLevel(logging.WARNING)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame) -> None:
-        log.info("stop requested", extra={"signal": signal.Signals(signum).name})
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals(log)
 
     metrics = ConsumerMetrics()
     server, _thread = start_http_server(settings.stream_consumer_port, addr=settings.listen_address)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from datetime import UTC, datetime
 from logging.handlers import RotatingFileHandler
 
@@ -63,3 +65,16 @@ def configure_logging(service: str, level: str = "INFO") -> logging.Logger:
     root.handlers[:] = handlers
     root.setLevel(level)
     return logging.getLogger(service)
+
+
+def stop_on_signals(log: logging.Logger) -> threading.Event:
+    """An event set by SIGTERM or SIGINT, so a service's loop can finish its batch and exit cleanly."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame) -> None:
+        log.info("stop requested", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stop

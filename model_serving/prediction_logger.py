@@ -17,7 +17,6 @@ validation, the store and the metrics.
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 import urllib.error
@@ -40,7 +39,7 @@ from data_pipeline.stream_consumer import (
 )
 from data_pipeline.stream_messages import Rejection, dead_letter
 from mlops_platform.health import TIMEOUT_SECONDS, Unhealthy
-from mlops_platform.logs import configure_logging
+from mlops_platform.logs import configure_logging, stop_on_signals
 from mlops_platform.settings import Settings, get_settings
 from model_serving.prediction_logger_metrics import CONSUMED, LAG, READY, LoggerMetrics
 from model_serving.prediction_messages import (
@@ -313,14 +312,7 @@ def main() -> int:
     settings = get_settings()
     configure_logging(SERVICE, settings.log_level)
     logging.getLogger("kafka").setLevel(logging.WARNING)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame) -> None:
-        log.info("stop requested", extra={"signal": signal.Signals(signum).name})
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals(log)
 
     metrics = LoggerMetrics()
     server, _thread = start_http_server(settings.prediction_logger_port, addr=settings.listen_address)

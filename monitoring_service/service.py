@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import threading
 import time
 import urllib.error
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from mlops_platform.health import Unhealthy
-from mlops_platform.logs import configure_logging
+from mlops_platform.logs import configure_logging, stop_on_signals
 from mlops_platform.settings import Settings, get_settings
 from monitoring_service import trigger_store
 from monitoring_service.airflow_runs import failed_dag_runs
@@ -269,14 +268,7 @@ def main() -> int:
 
     settings = get_settings()
     configure_logging(SERVICE, settings.log_level)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame) -> None:
-        log.info("stop requested", extra={"signal": signal.Signals(signum).name})
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals(log)
     metrics = MonitoringMetrics()
     metrics.ready.set(0)
     folder = report_folder(settings)
