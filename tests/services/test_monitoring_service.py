@@ -254,7 +254,7 @@ def test_the_trigger_starts_exactly_one_training_run_per_cooldown_even_across_a_
         assert len(training_runs_since(client, drifted["started"] - 5)) == 1
     finally:
         for run in training_runs_since(client, drifted["started"] - 5):  # the run itself is not under test
-            client._call("DELETE", f"/api/v2/dags/training/dagRuns/{urllib.parse.quote(run['dag_run_id'])}")
+            client.request("DELETE", f"/api/v2/dags/training/dagRuns/{urllib.parse.quote(run['dag_run_id'])}")
 
 
 def test_prometheus_evaluates_the_drift_alert_true_for_the_drifted_version(drifted, champion, settings):
