@@ -107,8 +107,10 @@ def champion(drivers, settings):
         previous = client.get_model_version_by_alias(settings.model_name, settings.model_alias).version
     except MlflowException:
         previous = None
-    mlflow.set_experiment("monitoring-service-test")
-    with mlflow.start_run(), tempfile.TemporaryDirectory() as folder:
+    # An explicit experiment, not mlflow.set_experiment: that would leak into later tests of the session.
+    experiment = client.get_experiment_by_name("monitoring-service-test")
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment("monitoring-service-test")
+    with mlflow.start_run(experiment_id=experiment_id), tempfile.TemporaryDirectory() as folder:
         info = mlflow.sklearn.log_model(pipeline, name="model", registered_model_name=settings.model_name,
                                         signature=infer_signature(x, pipeline.predict(x)))
         path = Path(folder) / "reference.parquet"
@@ -254,7 +256,9 @@ def test_the_trigger_starts_exactly_one_training_run_per_cooldown_even_across_a_
         assert len(training_runs_since(client, drifted["started"] - 5)) == 1
     finally:
         for run in training_runs_since(client, drifted["started"] - 5):  # the run itself is not under test
-            client.request("DELETE", f"/api/v2/dags/training/dagRuns/{urllib.parse.quote(run['dag_run_id'])}")
+            path = f"/api/v2/dags/training/dagRuns/{urllib.parse.quote(run['dag_run_id'])}"
+            client.request("PATCH", path, {"state": "failed"})  # a running run cannot be deleted
+            client.request("DELETE", path)
 
 
 def test_prometheus_evaluates_the_drift_alert_true_for_the_drifted_version(drifted, champion, settings):
