@@ -239,6 +239,8 @@ def fit_final_model(context: Mapping[str, Any], settings: Settings | None = None
         pipeline = model.make_model(config.alpha, config.l1_ratio, ctx.seed).fit(x, model.target(fit_part))
         holdout_score = pipeline.predict(model.inputs(holdout, ctx.features))
         holdout_metrics = model.evaluate(model.target(holdout), holdout_score)
+        # Resuming a run needs the process's active experiment to be the run's own (a caller may have set another).
+        mlflow.set_experiment(experiment_id=mlflow_client.get_run(ctx.parent_run_id).info.experiment_id)
         with mlflow.start_run(run_id=ctx.parent_run_id), _quiet_model_io():
             info = mlflow.sklearn.log_model(
                 pipeline, name="model", signature=infer_signature(x, pipeline.predict(x)),
