@@ -1,0 +1,112 @@
+"""The prediction-log and feedback events: what the API publishes, and how a record becomes Kafka messages.
+
+The event contract (read by model_serving.prediction_logger), key = request_id, one message per event:
+
+    predictions:  {"request_id", "driver_id", "features": {name: value}, "score", "model_name",
+                   "model_version", "predicted_at"}
+    ground_truth: {"request_id", "driver_id", "trip_completed", "observed_at"}
+
+Timestamps are ISO-8601 with an explicit UTC offset. A request hands over one compact record (all
+scored drivers of a /predict, or one feedback) to the event sender process as one datagram
+(`to_wire`), and the sender expands it into the messages above (`messages_from_wire`), so the
+request pays for one small `json.dumps`, not for one message per driver.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+
+def iso_utc(epoch_seconds: float) -> str:
+    return datetime.fromtimestamp(epoch_seconds, UTC).isoformat(timespec="milliseconds")
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    """Every scored driver of one /predict request."""
+
+    topic: str
+    request_id: str
+    model_name: str
+    model_version: str
+    features: Sequence[str]
+    driver_ids: Sequence[int]
+    values: Sequence[Sequence[float | int]]
+    scores: Sequence[float]
+    predicted_at: float
+
+    @property
+    def count(self) -> int:
+        return len(self.driver_ids)
+
+    def to_wire(self) -> bytes:
+        return _dumps({"type": "prediction", "topic": self.topic, "request_id": self.request_id,
+                       "model_name": self.model_name, "model_version": self.model_version,
+                       "features": list(self.features), "driver_ids": self.driver_ids, "values": self.values,
+                       "scores": self.scores, "predicted_at": self.predicted_at})
+
+
+@dataclass(frozen=True)
+class FeedbackRecord:
+    """Whether the trip of one (request, driver) was completed."""
+
+    topic: str
+    request_id: str
+    driver_id: int
+    trip_completed: int
+    observed_at: float
+
+    @property
+    def count(self) -> int:
+        return 1
+
+    def to_wire(self) -> bytes:
+        return _dumps({"type": "feedback", "topic": self.topic, "request_id": self.request_id,
+                       "driver_id": self.driver_id, "trip_completed": self.trip_completed,
+                       "observed_at": self.observed_at})
+
+
+@dataclass(frozen=True)
+class Messages:
+    """Kafka messages of one record: same topic, same key."""
+
+    topic: str
+    key: bytes
+    values: list[bytes]
+
+    @property
+    def count(self) -> int:
+        return len(self.values)
+
+
+def messages_from_wire(data: bytes) -> Messages:
+    """Expand one wire record into the contract's messages; ValueError when it is not a record."""
+    try:
+        record = json.loads(data)
+        kind, topic, request_id = record["type"], record["topic"], record["request_id"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"expected a JSON record with type, topic and request_id, got {data[:80]!r}") from exc
+    key = request_id.encode()
+    if kind == "prediction":
+        at = iso_utc(record["predicted_at"])
+        names = record["features"]
+        values = [_dumps({
+            "request_id": request_id, "driver_id": driver_id, "features": dict(zip(names, row, strict=True)),
+            "score": score, "model_name": record["model_name"], "model_version": record["model_version"],
+            "predicted_at": at,
+        }) for driver_id, row, score in zip(record["driver_ids"], record["values"], record["scores"], strict=True)]
+        return Messages(topic, key, values)
+    if kind == "feedback":
+        return Messages(topic, key, [_dumps({
+            "request_id": request_id, "driver_id": record["driver_id"], "trip_completed": record["trip_completed"],
+            "observed_at": iso_utc(record["observed_at"])})])
+    raise ValueError(f"expected record type 'prediction' or 'feedback', got {kind!r}")
+

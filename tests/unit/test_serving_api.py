@@ -1,0 +1,486 @@
+"""The online API's parts without services: validation, ranking, feature decoding, model swaps, events, auth."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
+
+from mlops_platform.settings import load_settings
+from model_serving import schemas
+from model_serving.auth import BearerAuth
+from model_serving.event_channel import EventChannel
+from model_serving.event_sender import KafkaSender, receive
+from model_serving.events import FeedbackRecord, Messages, PredictionRecord, messages_from_wire
+from model_serving.features import FeatureSpec, OnlineRows
+from model_serving.model_store import LoadedModel, ModelLoadError, ModelStore, signature_features
+from model_serving.served import RecentRequests
+
+SECRETS = {"POSTGRES_PASSWORD": "x", "REDIS_PASSWORD": "x", "AIRFLOW_ADMIN_PASSWORD": "x",
+           "AIRFLOW_FERNET_KEY": "x", "AIRFLOW_SECRET_KEY": "x"}
+FEATURES = ("conv_rate", "acc_rate", "avg_daily_trips")
+
+
+def settings(**overrides: str):
+    return load_settings({**SECRETS, "SERVING_AUTH": "off", "SERVING_MAX_DRIVERS": "5", "MODEL_REFRESH_SECONDS": "5",
+                          **overrides}, Path("/nonexistent/.env"))
+
+
+def fitted_model(version: str = "3") -> LoadedModel:
+    from training_pipeline.model import make_model
+
+    rng = np.random.default_rng(0)
+    x = pd.DataFrame(rng.random((200, 3)) * [1, 1, 50], columns=list(FEATURES))
+    y = (x["conv_rate"] + 0.5 * x["acc_rate"] > 0.8).astype(float)
+    return LoadedModel("driver_trip_completion", version, f"run-{version}", FEATURES,
+                       make_model(0.001, 0.5, 0).fit(x, y), time.time())
+
+
+# ---------------------------------------------------------------------------------------------
+# request validation
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("ids", "where"), [
+    ([], ("driver_ids",)), ([1, 2, 3, 4, 5, 6], ("driver_ids",)), (["7"], ("driver_ids", 0)),
+    ([True], ("driver_ids", 0)), ([7.0], ("driver_ids", 0)), ([0], ("driver_ids", 0)), ([-3], ("driver_ids", 0)),
+    ([2**63], ("driver_ids", 0)), ([4, 9, 4], ("driver_ids",)),
+])
+def test_driver_ids_are_distinct_strict_positive_int64s_within_the_limit(ids, where):
+    model = schemas.predict_request_model(5)
+    with pytest.raises(ValidationError) as error:
+        model.model_validate({"driver_ids": ids})
+    assert where in [e["loc"] for e in error.value.errors()]
+
+
+def test_a_valid_request_keeps_its_order_and_its_id():
+    request = schemas.predict_request_model(5).model_validate({"request_id": "a-1", "driver_ids": [9, 2**63 - 1, 1]})
+    assert request.driver_ids == [9, 2**63 - 1, 1] and request.request_id == "a-1"
+
+
+@pytest.mark.parametrize("request_id", ["", "x" * 65, "with space", "tab\t", "é"])
+def test_request_ids_are_1_to_64_visible_ascii_characters(request_id):
+    with pytest.raises(ValidationError):
+        schemas.predict_request_model(5).model_validate({"request_id": request_id, "driver_ids": [1]})
+
+
+@pytest.mark.parametrize("flag", [2, True, "1", 1.0, None])
+def test_trip_completed_is_the_integer_0_or_1(flag):
+    with pytest.raises(ValidationError):
+        schemas.FeedbackRequest.model_validate({"request_id": "r", "driver_id": 1, "trip_completed": flag})
+    assert schemas.FeedbackRequest.model_validate({"request_id": "r", "driver_id": 1, "trip_completed": 0})
+
+
+# ---------------------------------------------------------------------------------------------
+# feature decoding (Feast's byte layouts, built with Feast's own encoder)
+# ---------------------------------------------------------------------------------------------
+def decoder(ttl: float = 3600.0):
+    from model_serving.features import FeatureDecoder
+
+    return FeatureDecoder(FeatureSpec("ride_mlops", "driver_stats", "driver_id",
+                                      {"conv_rate": "float", "acc_rate": "float", "avg_daily_trips": "int"}, ttl, 3))
+
+
+def reply(dec, conv, acc, trips, age_seconds: float, now: float) -> list[bytes | None]:
+    enc = dec.encoding
+    values = [None if v is None else enc.value(kind, v) for v, kind in ((conv, "float"), (acc, "float"),
+                                                                        (trips, "int"))]
+    return [*values, enc.timestamp(int((now - age_seconds) * 1_000_000))]
+
+
+def test_values_decode_as_feast_reads_them_and_stale_or_partial_drivers_are_missing():
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    dec, now = decoder(), time.time()
+    replies = [reply(dec, 0.3, 0.7, 12, 60, now), reply(dec, 0.1, None, 3, 60, now),
+               reply(dec, 0.5, 0.5, 5, 7200, now), [None, None, None, None], reply(dec, 0.9, 0.8, 2**40, 0, now)]
+    rows = dec.decode([1, 2, 3, 4, 5], replies, now)
+    assert rows == OnlineRows([1, 5], [(float(np.float32(0.3)), float(np.float32(0.7)), 12),
+                                       (float(np.float32(0.9)), float(np.float32(0.8)), 2**40)], [2, 3, 4], 1)
+    raw = replies[0][0]
+    assert rows.values[0][0] == Value.FromString(raw).float_val
+
+
+def test_a_ttl_of_zero_never_expires():
+    dec, now = decoder(ttl=0.0), time.time()
+    assert dec.decode([1], [reply(dec, 0.3, 0.7, 1, 10 * 86400, now)], now).driver_ids == [1]
+
+
+def test_asking_for_a_feature_the_view_lacks_names_both_sides():
+    with pytest.raises(KeyError, match=r"\['speed'\] are not in feature view 'driver_stats'"):
+        decoder().fields(["conv_rate", "speed"])
+
+
+# ---------------------------------------------------------------------------------------------
+# the model store
+# ---------------------------------------------------------------------------------------------
+class FakeRegistry:
+    def __init__(self, version: str | None) -> None:
+        self.version = version
+
+    def get_model_version_by_alias(self, name, alias):
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+
+        if self.version is None:
+            raise MlflowException("no alias", error_code=RESOURCE_DOES_NOT_EXIST)
+        return SimpleNamespace(version=self.version, run_id=f"run-{self.version}")
+
+
+def test_the_store_swaps_when_the_alias_moves_and_keeps_the_old_model_when_a_load_fails(monkeypatch):
+    from model_serving import model_store
+
+    swaps, failures = [], []
+    store = ModelStore(settings(), on_swap=lambda old, new: swaps.append((old and old.version, new.version)),
+                       on_failure=failures.append)
+    store._client = FakeRegistry(None)
+    assert not store.refresh() and store.current is None and "has no alias 'champion'" in store.problem
+
+    broken = {"5"}
+
+    def load(name, version, run_id, served, uri):
+        if version in broken:
+            raise ModelLoadError(f"version {version} is broken")
+        return fitted_model(version)
+
+    monkeypatch.setattr(model_store, "load_version", load)
+    store._client.version = "4"
+    assert store.refresh() and store.current.version == "4"
+    first = store.current
+    assert not store.refresh() and store.current is first, "same version: nothing reloaded"
+    store._client.version = "5"
+    assert not store.refresh() and store.current is first, "a failed load keeps serving the old model"
+    assert store.reload_failures == 1 and failures == ["version 5 is broken"]
+    assert not store.refresh() and store.reload_failures == 1, "a failed version is not retried at once"
+    store._client.version = "6"
+    assert store.refresh() and store.current.version == "6"
+    assert swaps == [(None, "4"), ("4", "6")] and store.reloads == 2
+
+
+def test_the_feature_order_comes_from_the_signature_and_must_match_the_fit():
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    model = fitted_model()
+    signature = ModelSignature(Schema([ColSpec("double", name) for name in FEATURES]))
+    assert signature_features(SimpleNamespace(signature=signature), model.pipeline, "m") == FEATURES
+    reordered = ModelSignature(Schema([ColSpec("double", name) for name in reversed(FEATURES)]))
+    with pytest.raises(ModelLoadError, match="same columns in the same order"):
+        signature_features(SimpleNamespace(signature=reordered), model.pipeline, "m")
+    with pytest.raises(ModelLoadError, match="without a signature"):
+        signature_features(SimpleNamespace(signature=None), model.pipeline, "m")
+
+
+def test_predicting_on_a_matrix_equals_the_pipeline_on_a_dataframe():
+    model, rng = fitted_model(), np.random.default_rng(4)
+    for size in (1, 7, 10, 33):
+        rows = [tuple(row) for row in rng.random((size, 3)) * [1, 1, 40]]
+        frame = pd.DataFrame(rows, columns=list(FEATURES))
+        matrix = np.array(rows, dtype=np.float64, order="F")  # as the API builds it
+        assert model.predict(matrix).tolist() == model.pipeline.predict(frame).tolist()
+    with pytest.raises(ValueError, match=r"shape \(n, 3\)"):
+        model.predict(np.ones((2, 2)))
+
+
+# ---------------------------------------------------------------------------------------------
+# events
+# ---------------------------------------------------------------------------------------------
+def test_a_prediction_record_expands_into_one_contract_event_per_driver():
+    record = PredictionRecord("predictions", "req-1", "m", "7", FEATURES, [11, 12], [(0.5, 0.25, 3), (0.1, 0.2, 4)],
+                              [0.9, -0.1], 1_700_000_000.123)
+    messages = messages_from_wire(record.to_wire())
+    assert messages.topic == "predictions" and messages.key == b"req-1" and messages.count == 2
+    first = json.loads(messages.values[0])
+    assert first == {"request_id": "req-1", "driver_id": 11,
+                     "features": {"conv_rate": 0.5, "acc_rate": 0.25, "avg_daily_trips": 3}, "score": 0.9,
+                     "model_name": "m", "model_version": "7", "predicted_at": "2023-11-14T22:13:20.123+00:00"}
+    assert datetime.fromisoformat(first["predicted_at"]).utcoffset() == timedelta(0)
+
+
+def test_a_feedback_record_is_one_ground_truth_event():
+    messages = messages_from_wire(FeedbackRecord("ground_truth", "req-1", 11, 1, 1_700_000_060.0).to_wire())
+    assert json.loads(messages.values[0]) == {"request_id": "req-1", "driver_id": 11, "trip_completed": 1,
+                                              "observed_at": "2023-11-14T22:14:20.000+00:00"}
+
+
+@pytest.mark.parametrize("data", [b"not json", b"{}", b'{"type": "other", "topic": "t", "request_id": "r"}'])
+def test_a_malformed_record_is_refused(data):
+    with pytest.raises(ValueError):
+        messages_from_wire(data)
+
+
+class FakeFuture:
+    def __init__(self, fail: bool) -> None:
+        self.fail = fail
+
+    def add_callback(self, callback):
+        if not self.fail:
+            callback(None)
+
+    def add_errback(self, errback):
+        if self.fail:
+            errback(TimeoutError("not acknowledged"))
+
+
+class FakeProducer:
+    def __init__(self, fail_every: int = 0, raise_on_send: bool = False) -> None:
+        self.sent: list[tuple[str, bytes, bytes]] = []
+        self.fail_every, self.raise_on_send = fail_every, raise_on_send
+
+    def send(self, topic, value, key):
+        if self.raise_on_send:
+            raise TimeoutError("metadata not available after 1000 ms")
+        self.sent.append((topic, key, value))
+        return FakeFuture(bool(self.fail_every) and len(self.sent) % self.fail_every == 0)
+
+    def close(self, timeout=None):
+        pass
+
+
+def counting_sender(producer, capacity: int = 100):
+    counts: dict[tuple[str, str], int] = {}
+
+    def add(key, n):
+        counts[key] = counts.get(key, 0) + n
+
+    sender = KafkaSender("unused:9092", capacity, on_delivered=lambda topic, n: add((topic, "delivered"), n),
+                         on_dropped=lambda topic, reason, n: add((topic, reason), n),
+                         producer_factory=lambda: producer)
+    return sender, counts
+
+
+def test_the_sender_counts_delivered_queue_full_and_failed_events():
+    producer = FakeProducer(fail_every=3)
+    sender, counts = counting_sender(producer, capacity=4)
+    assert sender.put(Messages("p", b"k", [b"1", b"2", b"3"]))
+    assert sender.put(Messages("p", b"k", [b"4", b"5"]))
+    assert not sender.put(Messages("p", b"k", [b"6"])), "5 events queued >= capacity 4: dropped"
+    sender.start()
+    sender.stop()
+    assert [value for _, _, value in producer.sent] == [b"1", b"2", b"3", b"4", b"5"]
+    assert counts == {("p", "queue_full"): 1, ("p", "delivered"): 4, ("p", "send_failed"): 1}
+
+
+def test_events_kafka_refuses_to_take_are_counted_as_failed():
+    sender, counts = counting_sender(FakeProducer(raise_on_send=True))
+    sender.put(Messages("p", b"k", [b"1", b"2", b"3"]))
+    sender.start()
+    sender.stop()
+    assert counts == {("p", "send_failed"): 3}
+
+
+def test_records_cross_the_socket_as_datagrams_until_the_worker_closes_it():
+    import threading
+
+    producer = FakeProducer()
+    sender, counts = counting_sender(producer)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    bad = []
+    worker = threading.Thread(target=receive, args=(theirs, sender, threading.Event(), lambda: bad.append(1)))
+    worker.start()
+    ours.send(PredictionRecord("p", "r", "m", "1", FEATURES, [1, 2], [(0.1, 0.2, 3)] * 2, [0.5, 0.4], 0.0).to_wire())
+    ours.send(b"garbage")
+    ours.send(FeedbackRecord("g", "r", 1, 0, 0.0).to_wire())
+    ours.close()
+    worker.join(5)
+    assert not worker.is_alive(), "EOF ends the receiving loop"
+    sender.start()
+    sender.stop()
+    assert [topic for topic, _, _ in producer.sent] == ["p", "p", "g"] and bad == [1]
+    assert counts == {("p", "delivered"): 2, ("g", "delivered"): 1}
+
+
+class FakeEventMetrics:
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], float] = {}
+        metrics = self
+
+        class Child:
+            def __init__(self, key):
+                self.key = key
+
+            def inc(self, n=1):
+                metrics.counts[self.key] = metrics.counts.get(self.key, 0) + n
+
+        self.dropped = SimpleNamespace(labels=lambda topic, reason: Child((topic, reason)))
+
+
+def test_the_channel_never_blocks_and_counts_what_it_cannot_hand_over(tmp_path, monkeypatch):
+    metrics = FakeEventMetrics()
+    channel = EventChannel(metrics)
+    record = PredictionRecord("p", "r", "m", "1", FEATURES, [1], [(0.1, 0.2, 3)], [0.5], 0.0)
+    assert not channel.publish(record) and metrics.counts == {("p", "sender_down"): 1}, "not started yet"
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    ours.setblocking(False)
+    channel._sock = ours
+    started = time.perf_counter()
+    sent = sum(channel.publish(record) for _ in range(2000))
+    assert time.perf_counter() - started < 2.0
+    assert 0 < sent < 2000 and metrics.counts[("p", "queue_full")] == 2000 - sent, "a full buffer drops, never waits"
+    theirs.close()
+    assert not channel.publish(record) and metrics.counts[("p", "sender_down")] == 2
+
+
+def test_the_channel_starts_a_sender_process_that_exits_when_the_socket_closes(monkeypatch):
+    monkeypatch.setenv("KAFKA_PORT", "1")  # no broker: the sender keeps retrying until its socket closes
+    for key, value in SECRETS.items():
+        monkeypatch.setenv(key, value)
+    channel = EventChannel(FakeEventMetrics())
+    channel.start()
+    try:
+        assert channel.publish(FeedbackRecord("g", "r", 1, 1, 0.0))
+        assert channel._process.poll() is None
+    finally:
+        started = time.perf_counter()
+        channel.stop()
+    assert channel._process.returncode == 0 and time.perf_counter() - started < 10
+
+
+# ---------------------------------------------------------------------------------------------
+# auth and recent requests
+# ---------------------------------------------------------------------------------------------
+def test_bearer_auth_accepts_only_the_exact_token():
+    from fastapi import HTTPException
+
+    auth = BearerAuth(True, "s3cret")
+    auth.check("Bearer s3cret")
+    auth.check("bearer  s3cret ")
+    for header in (None, "", "Bearer", "Bearer s3cre", "Bearer s3cret2", "Basic s3cret", "s3cret"):
+        with pytest.raises(HTTPException) as error:
+            auth.check(header)
+        assert error.value.status_code == 401 and error.value.headers == {"WWW-Authenticate": "Bearer"}
+    BearerAuth(False, "").check(None)
+    with pytest.raises(ValueError, match="token is empty"):
+        BearerAuth(True, "")
+
+
+def test_recent_requests_are_bounded_in_count_and_age():
+    recent = RecentRequests(capacity=2, max_age_seconds=10)
+    recent.remember("a", [1, 2], now=0)
+    recent.remember("a", [3], now=1)
+    assert recent.contains("a", 1, now=2) and recent.contains("a", 3, now=2) and not recent.contains("a", 4, now=2)
+    recent.remember("b", [1], now=3)
+    recent.remember("c", [1], now=4)
+    assert not recent.contains("a", 1, now=5) and len(recent) == 2, "the oldest request is evicted first"
+    assert recent.contains("b", 1, now=12) and not recent.contains("b", 1, now=14)
+
+
+# ---------------------------------------------------------------------------------------------
+# the app, with a fitted model and stub features (no services)
+# ---------------------------------------------------------------------------------------------
+class StubFeatures:
+    def __init__(self, table: dict[int, tuple[float, float, int]], fail: str = "") -> None:
+        self.table, self.fail = table, fail
+        self.decoder = SimpleNamespace(spec=SimpleNamespace(features=FEATURES))
+
+    async def read(self, ids, features):
+        from model_serving.features import FeatureStoreUnavailable
+
+        if self.fail:
+            raise FeatureStoreUnavailable(self.fail)
+        found = [d for d in ids if d in self.table]
+        return OnlineRows(found, [self.table[d] for d in found], [d for d in ids if d not in self.table], 0)
+
+    async def ping(self):
+        await self.read([], FEATURES)
+
+
+@pytest.fixture
+def app_parts(monkeypatch):
+    import logging
+
+    import sklearn
+
+    from model_serving.api import create_app
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    root = logging.getLogger()
+    handlers, level, sklearn_config = root.handlers[:], root.level, sklearn.get_config()
+    app = create_app(settings(SERVING_AUTH="on", SERVING_API_TOKEN="tok"), registry=CollectorRegistry())
+    serving = app.state.serving
+    serving.models._current = fitted_model("3")
+    serving.features = StubFeatures({11: (0.9, 0.9, 30), 12: (0.1, 0.2, 3), 13: (0.9, 0.9, 30), 14: (0.5, 0.5, 9)})
+    yield TestClient(app, raise_server_exceptions=False), serving
+    root.handlers[:], root.level = handlers, level  # create_app configures the process's logging
+    sklearn.set_config(**sklearn_config)
+
+
+AUTH = {"Authorization": "Bearer tok"}
+
+
+def test_predict_scores_in_request_order_and_ranks_best_first_ties_by_id(app_parts):
+    client, serving = app_parts
+    response = client.post("/predict", json={"driver_ids": [13, 99, 12, 11, 14], "request_id": "r-1"}, headers=AUTH)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    expected = serving.models.current.pipeline.predict(
+        pd.DataFrame([(0.9, 0.9, 30), (0.1, 0.2, 3), (0.9, 0.9, 30), (0.5, 0.5, 9)], columns=list(FEATURES)))
+    assert [s["driver_id"] for s in body["scores"]] == [13, 12, 11, 14]
+    assert [s["score"] for s in body["scores"]] == expected.tolist()
+    assert body["ranking"][:2] == [11, 13], "equal scores: smaller id first"
+    assert body["best_driver_id"] == 11 and body["missing_driver_ids"] == [99]
+    assert body["model"] == {"name": "driver_trip_completion", "version": "3", "run_id": "run-3"}
+    assert serving.recent.contains("r-1", 12) and not serving.recent.contains("r-1", 99)
+
+
+def test_auth_guards_predict_and_feedback_but_not_the_probes(app_parts):
+    client, _ = app_parts
+    assert client.post("/predict", json={"driver_ids": [11]}).status_code == 401
+    assert client.post("/feedback", json={"request_id": "r", "driver_id": 11, "trip_completed": 1}).status_code == 401
+    assert client.get("/health").json() == {"alive": True}
+    assert client.get("/ready").status_code == 200
+    assert client.get("/metrics").status_code == 200
+
+
+def test_no_model_or_no_redis_is_a_503_with_the_reason(app_parts):
+    client, serving = app_parts
+    serving.features = StubFeatures({}, fail="online feature store (Redis 127.0.0.1:6379) unavailable: refused")
+    for response in (client.post("/predict", json={"driver_ids": [11]}, headers=AUTH), client.get("/ready")):
+        assert response.status_code == 503
+        assert "Redis 127.0.0.1:6379" in json.dumps(response.json())
+    serving.models._current = None
+    ready = client.get("/ready")
+    assert ready.status_code == 503 and ready.json()["reason"].startswith("no model loaded")
+
+
+def test_feedback_for_a_served_pair_is_accepted_and_a_full_queue_is_a_503(app_parts, monkeypatch):
+    client, serving = app_parts
+    client.post("/predict", json={"driver_ids": [11], "request_id": "fb"}, headers=AUTH)
+    monkeypatch.setattr(serving.publisher, "publish", lambda record: True)
+    response = client.post("/feedback", json={"request_id": "fb", "driver_id": 11, "trip_completed": 1},
+                           headers=AUTH)
+    assert response.status_code == 202 and response.json()["accepted"] is True
+    monkeypatch.setattr(serving.publisher, "publish", lambda record: False)
+    response = client.post("/feedback", json={"request_id": "fb", "driver_id": 11, "trip_completed": 1},
+                           headers=AUTH)
+    assert response.status_code == 503 and "queue is full" in response.json()["detail"]
+
+
+def test_an_oversized_body_is_refused_before_parsing(app_parts):
+    client, _ = app_parts
+    response = client.post("/predict", content=b"[" + b"1," * 600_000 + b"1]", headers={**AUTH,
+                           "content-type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_the_request_metrics_label_endpoint_status_and_model_version(app_parts):
+    client, serving = app_parts
+    client.post("/predict", json={"driver_ids": [11, 12]}, headers=AUTH)
+    client.post("/predict", json={"driver_ids": []}, headers=AUTH)
+    client.get("/nowhere")
+    text = client.get("/metrics").text
+    assert 'serving_requests_total{endpoint="/predict",model_version="3",status="200"} 1.0' in text
+    assert 'serving_requests_total{endpoint="/predict",model_version="3",status="422"} 1.0' in text
+    assert 'serving_requests_total{endpoint="other",model_version="3",status="404"} 1.0' in text
+    assert 'serving_score_count{model_version="3"} 2.0' in text
+
