@@ -23,6 +23,7 @@ import pytest
 
 from data_pipeline.offline_store import STATS_TABLE, connect, ensure_schema
 from mlops_platform.services import airflow_env, merged_env
+from model_serving import prediction_store
 from model_serving.batch import NoChampion, export_path, load_champion_model
 from model_serving.prediction_store import BATCH_TABLE
 from tests.conftest import REPO_ROOT
@@ -60,6 +61,7 @@ def stats(feast_up) -> dict:
     frame = pd.DataFrame(rows)
 
     ensure_schema()
+    prediction_store.ensure_schema()  # a fresh platform has no batch_predictions table before its first run
     with connect() as conn, conn.cursor() as cur:
         cur.execute(f"delete from {STATS_TABLE} where source = %s or driver_id between %s and %s",
                     (SOURCE, FIRST_ID, FIRST_ID + 999))
