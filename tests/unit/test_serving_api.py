@@ -23,12 +23,15 @@ from model_serving.event_channel import EventChannel
 from model_serving.event_sender import KafkaSender, receive
 from model_serving.events import FeedbackRecord, Messages, PredictionRecord, messages_from_wire
 from model_serving.features import FeatureSpec, OnlineRows
+from model_serving.linear_form import exact_form
 from model_serving.model_store import LoadedModel, ModelLoadError, ModelStore, signature_features
 from model_serving.served import RecentRequests
 
 SECRETS = {"POSTGRES_PASSWORD": "x", "REDIS_PASSWORD": "x", "AIRFLOW_ADMIN_PASSWORD": "x",
            "AIRFLOW_FERNET_KEY": "x", "AIRFLOW_SECRET_KEY": "x"}
 FEATURES = ("conv_rate", "acc_rate", "avg_daily_trips")
+# Pipelines fitted on DataFrames and scored on matrices, as the API does on purpose.
+pytestmark = pytest.mark.filterwarnings("ignore:X does not have valid feature names")
 
 
 def settings(**overrides: str):
@@ -36,14 +39,19 @@ def settings(**overrides: str):
                           **overrides}, Path("/nonexistent/.env"))
 
 
-def fitted_model(version: str = "3") -> LoadedModel:
+def fitted_pipeline(seed: int = 0):
     from training_pipeline.model import make_model
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     x = pd.DataFrame(rng.random((200, 3)) * [1, 1, 50], columns=list(FEATURES))
     y = (x["conv_rate"] + 0.5 * x["acc_rate"] > 0.8).astype(float)
-    return LoadedModel("driver_trip_completion", version, f"run-{version}", FEATURES,
-                       make_model(0.001, 0.5, 0).fit(x, y), time.time())
+    return make_model(0.001, 0.5, seed).fit(x, y)
+
+
+def fitted_model(version: str = "3", exact: bool = True) -> LoadedModel:
+    pipeline = fitted_pipeline()
+    return LoadedModel("driver_trip_completion", version, f"run-{version}", FEATURES, pipeline, time.time(),
+                       exact_form(pipeline, 3) if exact else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,15 +187,56 @@ def test_the_feature_order_comes_from_the_signature_and_must_match_the_fit():
         signature_features(SimpleNamespace(signature=None), model.pipeline, "m")
 
 
-def test_predicting_on_a_matrix_equals_the_pipeline_on_a_dataframe():
-    model, rng = fitted_model(), np.random.default_rng(4)
-    for size in (1, 7, 10, 33):
+@pytest.mark.parametrize("exact", [True, False])
+def test_predicting_on_a_matrix_equals_the_pipeline_on_a_dataframe(exact):
+    model, rng = fitted_model(exact=exact), np.random.default_rng(4)
+    assert (model.exact is not None) == exact
+    for size in (1, 7, 10, 33, 500):
         rows = [tuple(row) for row in rng.random((size, 3)) * [1, 1, 40]]
         frame = pd.DataFrame(rows, columns=list(FEATURES))
         matrix = np.array(rows, dtype=np.float64, order="F")  # as the API builds it
         assert model.predict(matrix).tolist() == model.pipeline.predict(frame).tolist()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_exact_form_is_bit_identical_to_the_pipeline(seed):
+    pipeline, rng = fitted_pipeline(seed), np.random.default_rng(100 + seed)
+    form = exact_form(pipeline, 3)
+    assert form is not None
+    for size in range(1, 60):
+        matrix = rng.normal(0, 30, (size, 3))
+        for layout in (np.asfortranarray(matrix), np.ascontiguousarray(matrix)):
+            assert np.array_equal(form(layout), pipeline.predict(layout))
+
+
+def test_a_nan_input_goes_through_the_imputer():
+    model = fitted_model()
+    matrix = np.array([[0.5, np.nan, 10.0], [0.2, 0.3, 4.0]], order="F")
+    assert model.predict(matrix).tolist() == model.pipeline.predict(matrix).tolist()
+    assert np.isfinite(model.predict(matrix)).all()
+
+
+def test_other_pipelines_have_no_exact_form():
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import ElasticNet
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import MinMaxScaler, StandardScaler
+
+    x, y = np.random.default_rng(0).random((50, 3)), np.random.default_rng(1).random(50)
+    others = [
+        Pipeline([("i", SimpleImputer(add_indicator=True)), ("s", StandardScaler()), ("r", ElasticNet())]),
+        Pipeline([("i", SimpleImputer(missing_values=0.0)), ("s", StandardScaler()), ("r", ElasticNet())]),
+        Pipeline([("i", SimpleImputer()), ("s", MinMaxScaler()), ("r", ElasticNet())]),
+        Pipeline([("s", StandardScaler()), ("r", ElasticNet())]),
+    ]
+    for pipeline in others:
+        assert exact_form(pipeline.fit(x, y), 3) is None, pipeline
+    assert exact_form(ElasticNet().fit(x, y), 3) is None
+
+
+def test_a_matrix_of_the_wrong_width_is_refused():
     with pytest.raises(ValueError, match=r"shape \(n, 3\)"):
-        model.predict(np.ones((2, 2)))
+        fitted_model().predict(np.ones((2, 2)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,9 +284,13 @@ class FakeProducer:
         self.sent: list[tuple[str, bytes, bytes]] = []
         self.fail_every, self.raise_on_send = fail_every, raise_on_send
 
-    def send(self, topic, value, key):
+    def partitions_for(self, topic):
         if self.raise_on_send:
             raise TimeoutError("metadata not available after 1000 ms")
+        return {0, 1, 2}
+
+    def send(self, topic, value, key, partition=None):
+        assert partition in {0, 1, 2}
         self.sent.append((topic, key, value))
         return FakeFuture(bool(self.fail_every) and len(self.sent) % self.fail_every == 0)
 
@@ -267,6 +320,19 @@ def test_the_sender_counts_delivered_queue_full_and_failed_events():
     sender.stop()
     assert [value for _, _, value in producer.sent] == [b"1", b"2", b"3", b"4", b"5"]
     assert counts == {("p", "queue_full"): 1, ("p", "delivered"): 4, ("p", "send_failed"): 1}
+
+
+def test_a_record_goes_to_the_partition_kafkas_default_partitioner_picks_for_its_key():
+    import uuid
+
+    from kafka.partitioner.default import DefaultPartitioner
+
+    cluster = SimpleNamespace(topics=lambda: {"p"}, partitions_for_topic=lambda topic: {0, 1, 2},
+                              available_partitions_for_topic=lambda topic: {0, 1, 2})
+    sender, _ = counting_sender(FakeProducer())
+    sender._producer = FakeProducer()
+    for key in [b"a", b"req-1", *(uuid.uuid4().hex.encode() for _ in range(50))]:
+        assert sender._partition("p", key) == DefaultPartitioner().partition("p", key, key, None, None, cluster)
 
 
 def test_events_kafka_refuses_to_take_are_counted_as_failed():
