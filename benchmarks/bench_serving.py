@@ -57,6 +57,7 @@ GOAL_RATE, GOAL_P99_MS, GOAL_RATIO = 200.0, 10.0, 3.0
 REQUEST_TIMEOUT_SECONDS = 2.0
 MAX_IN_FLIGHT = 1_000
 START_TIMEOUT_SECONDS = 180.0
+STABLE_SECONDS = 3.0
 LADDER_START, LADDER_FACTOR, LADDER_MAX = 25.0, 1.4, 4_000.0
 HOST = "127.0.0.1"
 PORTS = {"ours": 24880, "feast": 24881, "mlflow": 24882}
@@ -140,7 +141,19 @@ class Server:
     process: subprocess.Popen | None = None
     log: Path | None = None
 
-    def start(self, log_dir: Path) -> None:
+    def start(self, log_dir: Path, attempts: int = 3) -> None:
+        """Start and wait until ready and still up a few seconds later: `feast serve --workers N` sometimes
+        loses a worker at boot (its registry connection is shared across the fork) and then exits."""
+        for attempt in range(1, attempts + 1):
+            self._start_once(log_dir)
+            time.sleep(STABLE_SECONDS)
+            if self.process is not None and self.process.poll() is None and _answers(self.ready_url):
+                return
+            print(f"  {self.name} did not stay up after start (attempt {attempt}); see {self.log}", flush=True)
+            self.stop()
+        raise RuntimeError(f"{self.name} did not stay up after {attempts} starts; see {self.log}")
+
+    def _start_once(self, log_dir: Path) -> None:
         self.log = log_dir / f"{self.name}.log"
         # The venv's bin first: `mlflow models serve` runs `uvicorn` found on the PATH.
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
@@ -152,12 +165,8 @@ class Server:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.process.returncode} during start-up; see {self.log}")
-            try:
-                with urllib.request.urlopen(self.ready_url, timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
+            if _answers(self.ready_url):
+                return
             time.sleep(0.5)
         self.stop()
         raise RuntimeError(f"{self.name} did not answer {self.ready_url} within {START_TIMEOUT_SECONDS:.0f}s; "
@@ -175,6 +184,14 @@ class Server:
         except ProcessLookupError:
             pass
         self.process = None
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def our_server(settings: Settings, workers: int, home: Path) -> Server:

@@ -87,7 +87,8 @@ def main() -> int:
     if state != "success":
         print(f"error: the training run {run_id} {state}; see {settings.airflow_url}/dags/training", file=sys.stderr)
         return 1
-    version = champion_version(settings.model_name)
+    champion = champion_version(settings.model_name)
+    version = getattr(champion, "version", champion)
     done(started, f"run {run_id}: {state}; {settings.model_name}@{settings.model_alias} is version {version}")
 
     started = step("Batch scoring through Airflow: DAG `batch_serving`")
