@@ -36,11 +36,6 @@ log = logging.getLogger("serving.model")
 # logged signature at load time is intended, so sklearn's reminder about feature names is noise.
 warnings.filterwarnings("ignore", message="X does not have valid feature names", category=UserWarning)
 
-# MLflow's HTTP client retries for minutes by default; the refresh loop retries on its own schedule.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
 
 class ModelLoadError(RuntimeError):
     """A registered model version cannot be served; the message says what was expected and found."""
@@ -161,6 +156,10 @@ class ModelStore:
             import mlflow
             from mlflow import MlflowClient
 
+            # MLflow's HTTP client retries for minutes by default; the refresh loop retries on its own schedule.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
             # models:/ URIs resolve through the process-wide registry URI, so set it, not only the client's.
             mlflow.set_tracking_uri(self.tracking_uri)
             mlflow.set_registry_uri(self.tracking_uri)

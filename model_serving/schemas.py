@@ -1,8 +1,9 @@
 """Request and response bodies of the online API: what a client may send and what it gets back.
 
-Driver ids are strict JSON integers (no strings, floats or booleans) in 1..2^63-1, Feast's int64 entity
-key. A request naming the same driver twice is rejected rather than silently de-duplicated: the
-response lists scores in request order, and a duplicate usually means a bug on the client's side.
+Driver ids are strict JSON integers (no strings, floats or booleans) in 1..2^53-1: inside Feast's int64
+entity key, and exact in every JSON parser (larger integers become floats in JavaScript). A request
+naming the same driver twice is rejected rather than silently de-duplicated: the response lists scores
+in request order, and a duplicate usually means a bug on the client's side.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
-INT64_MAX = 2**63 - 1
+MAX_DRIVER_ID = 2**53 - 1
 # Visible ASCII only: the id travels as an HTTP header, a Kafka key and a PostgreSQL text value.
 REQUEST_ID_PATTERN = r"^[!-~]+$"
 
-DriverId = Annotated[StrictInt, Field(ge=1, le=INT64_MAX)]
+DriverId = Annotated[StrictInt, Field(ge=1, le=MAX_DRIVER_ID)]
 RequestId = Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=REQUEST_ID_PATTERN)]
 
 
