@@ -21,8 +21,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import urllib.error
-import urllib.request
 import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -32,7 +30,7 @@ from data_pipeline.stream_messages import DriverStats, Rejection, dead_letter, v
 from data_pipeline.stream_metrics import READY, ConsumerMetrics
 from data_pipeline.stream_topics import ensure_topics
 from data_pipeline.stream_writers import OfflineWriter, OnlineWriter
-from mlops_platform.health import TIMEOUT_SECONDS, Unhealthy
+from mlops_platform.health import require_ready, scrape_metrics
 from mlops_platform.logs import configure_logging, stop_on_signals
 from mlops_platform.settings import Settings, get_settings
 
@@ -335,28 +333,12 @@ class StreamConsumer:
 
 def consumer_health(settings: Settings) -> str:
     """Healthy when the consumer's metrics say it is connected and its last batch went through."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     url = f"{settings.stream_consumer_url}/metrics"
-    try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS) as response:
-            body = response.read().decode(errors="replace")
-    except (urllib.error.URLError, OSError) as exc:
-        raise Unhealthy(f"{url} does not answer ({getattr(exc, 'reason', exc)})") from None
-    values: dict[str, float] = {}
-    for family in text_string_to_metric_families(body):
-        for sample in family.samples:
-            if sample.name in (READY, "driver_stats_consumer_messages_consumed_total"):
-                values[sample.name] = sample.value
-            elif sample.name == "driver_stats_consumer_lag":
-                values["lag"] = values.get("lag", 0.0) + sample.value
-    if READY not in values:
-        raise Unhealthy(f"{url} answered without {READY}: is this the stream consumer?")
-    if values[READY] != 1.0:
-        raise Unhealthy(f"{READY} is {values[READY]:g}, expected 1: not connected to Kafka and the stores yet, "
-                        "or the last batch failed (see its log)")
+    values = scrape_metrics(url)
+    require_ready(values, READY, url, "stream consumer",
+                  "not connected to Kafka and the stores yet, or the last batch failed (see its log)")
     consumed = values.get("driver_stats_consumer_messages_consumed_total", 0.0)
-    return f"ready, {consumed:.0f} messages consumed, lag {values.get('lag', 0.0):.0f}"
+    return f"ready, {consumed:.0f} messages consumed, lag {values.get('driver_stats_consumer_lag', 0.0):.0f}"
 
 
 def main() -> int:

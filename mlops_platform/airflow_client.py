@@ -58,6 +58,10 @@ class AirflowClient:
     def unpause(self, dag_id: str) -> None:
         self.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
 
+    def pause(self, dag_id: str) -> None:
+        """Stop the scheduler from starting or advancing runs of this DAG (`airflow dags test` needs that)."""
+        self.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": True})
+
     def trigger(self, dag_id: str, conf: dict | None = None, note: str | None = None) -> str:
         """Start a run now; returns its run id. The DAG is unpaused first, or the run would only queue."""
         self.unpause(dag_id)

@@ -31,6 +31,28 @@ def _get(url: str) -> tuple[int, str]:
         raise Unhealthy(f"{url} does not answer ({getattr(exc, 'reason', exc)})") from None
 
 
+def scrape_metrics(url: str) -> dict[str, float]:
+    """A service's /metrics as sample name -> value, summed over labels (for services whose health is a gauge)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, body = _get(url)
+    if status != 200:
+        raise Unhealthy(f"{url} answered {status}")
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            values[sample.name] = values.get(sample.name, 0.0) + sample.value
+    return values
+
+
+def require_ready(values: dict[str, float], gauge: str, url: str, service: str, not_ready_means: str) -> None:
+    """Raise Unhealthy unless the service's ready gauge is present and 1."""
+    if gauge not in values:
+        raise Unhealthy(f"{url} answered without {gauge}: is this the {service}?")
+    if values[gauge] != 1.0:
+        raise Unhealthy(f"{gauge} is {values[gauge]:g}, expected 1: {not_ready_means}")
+
+
 def postgres(settings: Settings) -> str:
     import psycopg2
 

@@ -319,8 +319,15 @@ def local_launch(service: Service, settings: Settings) -> Command:
                    {"PYTHONPATH": str(REPO_ROOT)})
 
 
+# prometheus_client's multiprocess directory belongs to one process tree. Feast's import sets it in any
+# process that imports Feast (the test runner, a CLI); inherited by a service, it would put that service's
+# metrics into files another exporter (MLflow's) reads and reports as its own.
+PROCESS_PRIVATE_VARIABLES = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR")
+
+
 def merged_env(*parts: dict[str, str]) -> dict[str, str]:
-    env = dict(os.environ)
+    """This process's environment without its process-private variables, with `parts` on top."""
+    env = {key: value for key, value in os.environ.items() if key not in PROCESS_PRIVATE_VARIABLES}
     for part in parts:
         env.update(part)
     return env

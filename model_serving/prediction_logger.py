@@ -19,8 +19,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -38,7 +36,7 @@ from data_pipeline.stream_consumer import (
     _rebalance_listener,
 )
 from data_pipeline.stream_messages import Rejection, dead_letter
-from mlops_platform.health import TIMEOUT_SECONDS, Unhealthy
+from mlops_platform.health import require_ready, scrape_metrics
 from mlops_platform.logs import configure_logging, stop_on_signals
 from mlops_platform.settings import Settings, get_settings
 from model_serving.prediction_logger_metrics import CONSUMED, LAG, READY, LoggerMetrics
@@ -280,30 +278,11 @@ class PredictionLogger(StreamConsumer):
 
 def logger_health(settings: Settings) -> str:
     """Healthy when the logger's metrics say it is connected and its last batch went through."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     url = f"{settings.prediction_logger_url}/metrics"
-    try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS) as response:
-            body = response.read().decode(errors="replace")
-    except (urllib.error.URLError, OSError) as exc:
-        raise Unhealthy(f"{url} does not answer ({getattr(exc, 'reason', exc)})") from None
-    ready: float | None = None
-    consumed = lag = 0.0
-    for family in text_string_to_metric_families(body):
-        for sample in family.samples:
-            if sample.name == READY:
-                ready = sample.value
-            elif sample.name == CONSUMED:
-                consumed += sample.value
-            elif sample.name == LAG:
-                lag += sample.value
-    if ready is None:
-        raise Unhealthy(f"{url} answered without {READY}: is this the prediction logger?")
-    if ready != 1.0:
-        raise Unhealthy(f"{READY} is {ready:g}, expected 1: not connected to Kafka and PostgreSQL yet, "
-                        "or the last batch failed (see its log)")
-    return f"ready, {consumed:.0f} messages consumed, lag {lag:.0f}"
+    values = scrape_metrics(url)
+    require_ready(values, READY, url, "prediction logger",
+                  "not connected to Kafka and PostgreSQL yet, or the last batch failed (see its log)")
+    return f"ready, {values.get(CONSUMED, 0.0):.0f} messages consumed, lag {values.get(LAG, 0.0):.0f}"
 
 
 def main() -> int:

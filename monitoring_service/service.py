@@ -12,13 +12,11 @@ import logging
 import os
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from mlops_platform.health import Unhealthy
+from mlops_platform.health import require_ready, scrape_metrics
 from mlops_platform.logs import configure_logging, stop_on_signals
 from mlops_platform.settings import Settings, get_settings
 from monitoring_service import trigger_store
@@ -232,17 +230,9 @@ class Monitor:
 def service_health(settings: Settings) -> str:
     """Healthy when /metrics answers and monitoring_ready is 1; raises Unhealthy saying what was found."""
     url = f"{settings.monitoring_service_url}/metrics"
-    try:
-        with urllib.request.urlopen(url, timeout=settings.health_timeout) as response:
-            text = response.read().decode()
-    except (urllib.error.URLError, OSError) as exc:
-        raise Unhealthy(f"{url} does not answer: {exc}") from None
-    values = {line.split(" ")[0]: line.rsplit(" ", 1)[-1] for line in text.splitlines()
-              if line and not line.startswith("#")}
-    ready = values.get(READY)
-    if ready is None or float(ready) != 1.0:
-        raise Unhealthy(f"{READY} is {ready}, expected 1: the first evaluation has not read the prediction log "
-                        "yet, or PostgreSQL does not answer (see the service's log)")
+    values = scrape_metrics(url)
+    require_ready(values, READY, url, "monitoring service", "the first evaluation has not read the prediction "
+                  "log yet, or PostgreSQL does not answer (see the service's log)")
     return f"ready, window has data: {values.get('monitoring_window_has_data', '?')}"
 
 

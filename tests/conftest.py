@@ -7,8 +7,10 @@ Everything is set here, before any settings are read, and inherited by every `ru
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,6 +60,31 @@ def settings():
     return load_settings()
 
 
+def airflow_dags_test(settings, dag_id: str, logical_date: str | None = None, conf: dict | None = None,
+                      env: dict[str, str] | None = None) -> str:
+    """Run a DAG in-process with `airflow dags test` and require a successful run; returns the output.
+
+    The DAG is paused first: the platform's scheduler also advances the running runs of an unpaused
+    DAG, and the two would race over the same task instances ("Task Instance not found").
+    """
+    from mlops_platform.airflow_client import AirflowClient
+    from mlops_platform.services import airflow_env, merged_env
+
+    AirflowClient.from_settings(settings).pause(dag_id)
+    command = [sys.executable, "-m", "airflow", "dags", "test", dag_id]
+    if logical_date:
+        command.append(logical_date)
+    if conf:
+        command += ["--conf", json.dumps(conf)]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+                            env=merged_env(airflow_env(settings), env or {}))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    finished = [line for line in output.splitlines() if "DagRun Finished" in line]
+    assert finished and "state=success" in finished[-1], output[-5000:]
+    return output
+
+
 _started: set[str] = set()
 
 
@@ -71,7 +98,7 @@ def stack_up(stack: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="session", autouse=True)
 def _stop_platform_at_session_end():
     yield
-    if _started:
+    if _started and os.environ.get("TEST_KEEP_PLATFORM") != "1":
         run_sh("all", "down", check=False)
 
 

@@ -9,7 +9,6 @@ The registered model has a name of its own, passed to the DAG's process as MODEL
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -22,11 +21,11 @@ import pyarrow.parquet as parquet
 import pytest
 
 from data_pipeline.offline_store import STATS_TABLE, connect, ensure_schema
-from mlops_platform.services import airflow_env, merged_env
+from mlops_platform.services import merged_env
 from model_serving import prediction_store
 from model_serving.batch import NoChampion, export_path, load_champion_model
 from model_serving.prediction_store import BATCH_TABLE
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, airflow_dags_test
 from training_pipeline import tracking
 
 AT = datetime(2024, 9, 15, tzinfo=UTC)  # the run's timestamp: the end of its data interval
@@ -109,14 +108,7 @@ def champion(mlflow_up, settings):
 
 
 def run_dag(settings, model_name: str) -> str:
-    command = [sys.executable, "-m", "airflow", "dags", "test", "batch_serving", LOGICAL_DATE]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
-                            env={**os.environ, **airflow_env(settings), "MODEL_NAME": model_name})
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
-    finished = [line for line in output.splitlines() if "DagRun Finished" in line]
-    assert finished and "state=success" in finished[-1], output[-4000:]
-    return output
+    return airflow_dags_test(settings, "batch_serving", LOGICAL_DATE, env={"MODEL_NAME": model_name})
 
 
 def table_rows(run_id: str | None = None) -> pd.DataFrame:

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from datetime import date
 
 import pytest
@@ -13,24 +9,11 @@ import pytest
 from data_pipeline.generate import generate
 from data_pipeline.materialize import delete_online_rows, feature_store
 from data_pipeline.offline_store import connect, ensure_schema
-from mlops_platform.services import airflow_env
+from tests.conftest import airflow_dags_test
 
 DAY = date(2025, 2, 9)
 # A run triggered at midnight covers the day that just ended: data interval [DAY, DAY + 1 day).
 RUN_DATE = "2025-02-10T00:00:00+00:00"
-
-
-def airflow_dags_test(settings, dag_id: str, logical_date: str, conf: dict | None = None) -> str:
-    command = [sys.executable, "-m", "airflow", "dags", "test", dag_id, logical_date]
-    if conf:
-        command += ["--conf", json.dumps(conf)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, **airflow_env(settings)})
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
-    finished = [line for line in output.splitlines() if "DagRun Finished" in line]
-    assert finished and "state=success" in finished[-1], output[-4000:]
-    return output
 
 
 @pytest.fixture(scope="module")

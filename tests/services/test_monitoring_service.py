@@ -259,6 +259,7 @@ def test_the_trigger_starts_exactly_one_training_run_per_cooldown_even_across_a_
             path = f"/api/v2/dags/training/dagRuns/{urllib.parse.quote(run['dag_run_id'])}"
             client.request("PATCH", path, {"state": "failed"})  # a running run cannot be deleted
             client.request("DELETE", path)
+        client.pause("training")  # the trigger unpaused it; the scheduler would start weekly runs of its own
 
 
 def test_prometheus_evaluates_the_drift_alert_true_for_the_drifted_version(drifted, champion, settings):

@@ -21,8 +21,7 @@ import pytest
 
 from data_pipeline.generate import FIRST_DRIVER_ID, generate_driver_stats, generate_orders
 from data_pipeline.offline_store import ORDERS_TABLE, STATS_TABLE, connect, ensure_schema
-from mlops_platform.services import airflow_env, merged_env
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, airflow_dags_test
 from training_pipeline import flow, model, registry, tracking, training_set
 from training_pipeline.config import ConfigError
 from training_pipeline.tracking import TrackingUnavailable
@@ -228,10 +227,7 @@ def test_training_dag_trains_registers_and_serves_a_champion(offline_store, mlfl
     folds = 3
     conf = {**labels, "folds": folds, "min_rows": 500}
     began = int(time.time() * 1000)
-    result = subprocess.run([sys.executable, "-m", "airflow", "dags", "test", "training", "-c", json.dumps(conf)],
-                            cwd=REPO_ROOT, env=merged_env(airflow_env(settings)), capture_output=True, text=True,
-                            timeout=600)
-    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    airflow_dags_test(settings, "training", conf=conf)
 
     experiment = mlflow_client.get_experiment_by_name("driver_trip_completion").experiment_id
     parents = mlflow_client.search_runs([experiment], "tags.run_source = 'airflow'",

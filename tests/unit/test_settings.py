@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,16 @@ def test_docker_mode_also_writes_json_logs_to_the_shared_log_folder(tmp_path: Pa
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
         settings_module.get_settings.cache_clear()
+
+
+def test_a_started_service_does_not_inherit_the_callers_metrics_directory(monkeypatch):
+    """Feast's import sets prometheus_client's multiprocess directory in whoever imports it; a service
+    inheriting it would write its metrics where MLflow's exporter reads them and reports them as its own."""
+    from mlops_platform.services import merged_env
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/tmp/feast_metrics_x")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROCESS_DIR", "/tmp/feast_metrics_x")
+    env = merged_env({"PYTHONPATH": "/repo"}, {"PROMETHEUS_MULTIPROC_DIR": "/srv/serving-metrics"})
+    assert env["PROMETHEUS_MULTIPROC_DIR"] == "/srv/serving-metrics"  # a service's own choice still applies
+    assert "PROMETHEUS_MULTIPROCESS_DIR" not in env and env["PYTHONPATH"] == "/repo"
+    assert env["PATH"] == os.environ["PATH"]
