@@ -28,6 +28,9 @@ Platform
   bash run.sh setup       install what local mode needs (venv from uv.lock, Debian packages, Kafka jars)
   bash run.sh demo        the whole story: up, land and ingest data, materialize, train and register,
                           batch-score, serve, send a real request, print the ranked answer and every URL
+  bash run.sh scenario --drifted|--normal [--requests N] [--rate R]
+                          bookings through the running API, drifted or not, to watch the dashboards,
+                          alerts and retraining trigger react
 
 Development
   bash run.sh test [unit|services|all] [pytest args]   run the tests (default: all), starting services itself
@@ -279,6 +282,18 @@ cmd_deploy() {
   fi
 }
 
+cmd_scenario() {
+  ensure_env_file
+  resolve_mode
+  if [[ "$MODE" == docker ]]; then
+    # Inside the monitoring service's container: our code, and the service names resolve.
+    compose --profile monitoring exec -T monitoring-service python -m monitoring_service.scenario "$@"
+  else
+    [[ -x "$VENV_PY" ]] || cmd_setup
+    "$VENV_PY" -m monitoring_service.scenario "$@"
+  fi
+}
+
 cmd_demo() {
   cmd_stack all up "$@"
   [[ -x "$VENV_PY" ]] || cmd_setup
@@ -305,6 +320,7 @@ main() {
     build) cmd_build ;;
     deploy) cmd_deploy ;;
     demo) shift; cmd_demo "$@" ;;
+    scenario) shift; cmd_scenario "$@" ;;
     *)
       local stack="$1" verb="${2:-}"
       if [[ "$stack" != all && " $STACKS " != *" $stack "* ]]; then

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from data_pipeline.stream_messages import DriverStats, Rejection, dead_letter, validate
-from data_pipeline.stream_metrics import READY, ConsumerMetrics
+from data_pipeline.stream_metrics import NO_ASSIGNMENT, READY, STALLED, ConsumerMetrics
 from data_pipeline.stream_topics import ensure_topics
 from data_pipeline.stream_writers import OfflineWriter, OnlineWriter
 from mlops_platform.health import require_ready, scrape_metrics
@@ -186,7 +186,7 @@ class StreamConsumer:
                 break  # abandon what was just polled: uncommitted, it is read again after a restart
             records = [record for batch in polled.values() for record in batch]
             if not self.joined.is_set() and time.monotonic() - self.unassigned_since > REJOIN_TIMEOUT_SECONDS:
-                self.replace_kafka_consumer("no_assignment")
+                self.replace_kafka_consumer(NO_ASSIGNMENT)
                 continue
             if records:
                 self.last_progress = time.monotonic()
@@ -328,7 +328,7 @@ class StreamConsumer:
         if total == 0:
             self.last_progress = now
         elif now - self.last_progress > STALL_TIMEOUT_SECONDS:
-            self.replace_kafka_consumer("stalled")
+            self.replace_kafka_consumer(STALLED)
 
 
 def consumer_health(settings: Settings) -> str:

@@ -1,6 +1,7 @@
 """The stream consumer's Prometheus metrics: what it read, wrote, refused, how late and how far behind.
 
-All names start with `driver_stats_consumer_`. Freshness is measured from the producer's
+All names start with `driver_stats_consumer_`. Every label value known in advance is exported at 0 from
+the start, so dashboards and alerts see "none" rather than "no data". Freshness is measured from the producer's
 `produced_at` to the moment the online push returned, i.e. when a reader of Redis can see the value.
 """
 
@@ -8,12 +9,17 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from data_pipeline.stream_messages import REASON_CLASSES
+
 PREFIX = "driver_stats_consumer_"
 READY = PREFIX + "ready"
 
 FRESHNESS_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 WRITE_STAGES = ("online", "offline", "dead_letter", "commit")
+# Why the watchdog replaces a Kafka client: never assigned partitions, or assigned but not moving.
+NO_ASSIGNMENT, STALLED = "no_assignment", "stalled"
+RESTART_REASONS = (NO_ASSIGNMENT, STALLED)
 
 
 class ConsumerMetrics:
@@ -48,3 +54,7 @@ class ConsumerMetrics:
             self.batch_write.labels(stage)
             self.failures.labels(stage)
         self.batch_write.labels("total")
+        for reason in REASON_CLASSES:
+            self.rejected.labels(reason)
+        for reason in RESTART_REASONS:
+            self.restarts.labels(reason)

@@ -293,7 +293,7 @@ def main() -> int:
     logging.getLogger("kafka").setLevel(logging.WARNING)
     stop = stop_on_signals(log)
 
-    metrics = LoggerMetrics()
+    metrics = LoggerMetrics(topics=(settings.predictions_topic, settings.ground_truth_topic))
     server, _thread = start_http_server(settings.prediction_logger_port, addr=settings.listen_address)
     log.info("metrics served", extra={"url": f"{settings.prediction_logger_url}/metrics"})
     logger = PredictionLogger(settings, metrics, stop)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from data_pipeline.stream_metrics import LATENCY_BUCKETS
+from data_pipeline.stream_messages import REASON_CLASSES
+from data_pipeline.stream_metrics import LATENCY_BUCKETS, RESTART_REASONS
 from model_serving.prediction_store import GROUND_TRUTH_TABLE, PREDICTIONS_TABLE
 
 PREFIX = "prediction_logger_"
@@ -20,9 +21,10 @@ TABLES = (PREDICTIONS_TABLE, GROUND_TRUTH_TABLE)
 
 
 class LoggerMetrics:
-    """One set of the logger's metrics, registered in `registry` (the process default unless given)."""
+    """One set of the logger's metrics, registered in `registry` (the process default unless given);
+    label values known in advance (stages, tables, the `topics` read, reasons) are exported at 0."""
 
-    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+    def __init__(self, registry: CollectorRegistry = REGISTRY, topics: tuple[str, ...] = ()) -> None:
         self.consumed = Counter(PREFIX + "messages_consumed", "Messages read, by topic.", ["topic"],
                                 registry=registry)
         self.stored = Counter(PREFIX + "rows_stored", "New rows written, by table.", ["table"], registry=registry)
@@ -51,3 +53,9 @@ class LoggerMetrics:
         for table in TABLES:
             self.stored.labels(table)
             self.duplicates.labels(table)
+        for topic in topics:
+            self.consumed.labels(topic)
+            for reason in REASON_CLASSES:
+                self.rejected.labels(topic, reason)
+        for reason in RESTART_REASONS:
+            self.restarts.labels(reason)

@@ -21,6 +21,9 @@ PREFIX = "monitoring_"
 # exist; they stay in-process (the value class is chosen at import), so clearing works and the warning is noise.
 warnings.filterwarnings("ignore", message="Clearing labels has not been implemented in multi-process mode")
 READY = PREFIX + "ready"
+# The steps of an evaluation that can fail on their own; each is exported at 0 from the start, so a
+# dashboard shows "no errors" rather than "no data".
+EVALUATION_STEPS = ("window", "champion", "drift", "report", "retrain", "retrain_record")
 
 
 class MonitoringMetrics:
@@ -57,6 +60,8 @@ class MonitoringMetrics:
                                          ["step"], registry=registry)
         for reason in REASONS:
             self.retraining.labels(reason)
+        for step in EVALUATION_STEPS:
+            self.evaluation_errors.labels(step)
 
     def publish_counts(self, version: str, predictions: int, labeled: int) -> None:
         self.clear_counts()

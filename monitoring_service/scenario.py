@@ -1,6 +1,7 @@
 """A drift scenario to watch the monitoring react: traffic through the running API on drivers of its own.
 
-    python -m monitoring_service.scenario --drifted|--normal --requests N --rate R [--drivers 100] [--seed 0]
+    bash run.sh scenario --drifted|--normal --requests N --rate R [--drivers 100] [--seed 0]
+    (python -m monitoring_service.scenario ... in local mode; run.sh runs it in the container in docker mode)
 
 It writes fresh stats for drivers SCENARIO_FIRST_ID.. into the offline and the online store, then runs
 bookings (model_serving.traffic) against the configured serving URL with those drivers as candidates.

@@ -32,6 +32,11 @@ TEST_ENVIRONMENT = {
     "STREAM_CONSUMER_PORT": "19108",
     "PREDICTION_LOGGER_PORT": "19109",
     "MONITORING_SERVICE_PORT": "19110",
+    # The platform's monitoring service evaluates often enough for a test to watch, and never retrains
+    # by itself (tests that check the trigger start a service of their own).
+    "MONITOR_INTERVAL_SECONDS": "5",
+    "MONITOR_MIN_ROWS": "50",
+    "RETRAIN_SUSTAIN_MINUTES": "1440",
 }
 for _key, _value in TEST_ENVIRONMENT.items():  # an exported variable still wins, e.g. to run two sessions
     os.environ.setdefault(_key, _value)

@@ -1,9 +1,10 @@
 """Every PromQL expression of the dashboards and alert rules, against a real Prometheus.
 
-`bash run.sh monitoring up` starts Prometheus with the configuration local mode renders. The first test
-only needs it to parse each expression: a parse error is a 400 with errorType `bad_data`, while an
-empty result ("no data") is fine, since nothing else needs to run. The second test will require data
-once it can count on traffic from the serving stack.
+`bash run.sh monitoring up` starts Prometheus with the configuration local mode renders. Parsing needs
+nothing else: a parse error is a 400 with errorType `bad_data`. Data needs traffic: bookings with
+outcomes through the API (tests/services/monitored_traffic.py), driver stats through the stream with a
+few invalid ones, and an evaluation of the platform's monitoring service, all scraped. Then every metric
+an expression selects must have series, and every dashboard panel must show something.
 """
 
 from __future__ import annotations
@@ -17,7 +18,24 @@ import urllib.request
 import pytest
 
 from tests.conftest import stack_up
-from tests.monitoring_config import dashboard_expressions, load_rules, rule_expressions
+from tests.monitoring_config import (
+    EXTERNAL_METRICS,
+    dashboard_expressions,
+    load_rules,
+    metric_names_in_promql,
+    rule_expressions,
+)
+from tests.services.monitored_traffic import book_and_wait_for_the_outcomes, wait_for
+
+# Series an empty answer is right for on a healthy local platform.
+NO_DATA_EXPECTED = {
+    **{name: where for name, where in EXTERNAL_METRICS.items() if name.startswith("node_")},
+    "ALERTS": "exists only while an alert is pending or firing",
+    "ALERTS_FOR_STATE": "exists only while an alert is pending or firing",
+}
+# Which job may export metrics with each of our prefixes.
+OWNERS = {"serving_": "serving", "driver_stats_consumer_": "stream-consumer",
+          "prediction_logger_": "prediction-logger", "monitoring_": "monitoring"}
 
 
 def all_promql_expressions() -> list[tuple[str, str]]:
@@ -88,5 +106,50 @@ def test_local_prometheus_scrapes_every_job_but_the_docker_only_ones(prometheus)
     assert own and all(t["scrapeUrl"].startswith("http://127.0.0.1:") for t in targets)
 
 
-def test_every_dashboard_and_alert_expression_returns_data(prometheus) -> None:
-    pytest.skip("needs traffic from the serving stack")
+def result(base_url: str, expr: str) -> list[dict]:
+    status, body = instant_query(base_url, expr)
+    assert status == 200, body
+    return body["data"]["result"]
+
+
+@pytest.fixture(scope="module")
+def traffic(prometheus, monitored_champion, monitored_drivers, settings) -> dict:
+    """Bookings, stream messages and an evaluation, each seen by Prometheus."""
+    from data_pipeline.stream_producer import produce, synthetic_rows
+
+    version = monitored_champion["version"]
+    book_and_wait_for_the_outcomes(settings, monitored_drivers, version, drifted=False, requests=80, seed=3)
+    sent = produce(settings, synthetic_rows(drivers=5, first_driver_id=9_450_000, seed=3), rate=50, count=20,
+                   invalid_share=0.2, seed=3)
+    assert sent.sent == 20, sent
+    for expr in (f'monitoring_drift_share{{model_version="{version}"}}',
+                 f'monitoring_live_rmse{{model_version="{version}"}}',
+                 "driver_stats_consumer_dlq_sends_total > 0", "driver_stats_consumer_freshness_seconds_count > 0",
+                 f'serving_model_version == {version}', "serving_score_count > 0",
+                 "prediction_logger_rows_stored_total > 0"):
+        wait_for(lambda expr=expr: result(prometheus, expr), 120, f"Prometheus to see {expr}", poll=2)
+    return {"version": version}
+
+
+def test_every_metric_of_every_dashboard_and_alert_has_series(traffic, prometheus) -> None:
+    names: dict[str, list[str]] = {}
+    for source, expr in all_promql_expressions():
+        for name in metric_names_in_promql(expr) - NO_DATA_EXPECTED.keys():
+            names.setdefault(name, []).append(source)
+    missing = [f"  {name}: used by {', '.join(sources)}" for name, sources in sorted(names.items())
+               if not result(prometheus, name)]
+    assert not missing, "no series in Prometheus after traffic:\n" + "\n".join(missing)
+
+
+def test_every_dashboard_panel_shows_data_after_traffic(traffic, prometheus) -> None:
+    empty = [f"  {source}\n    {expr}" for source, expr in dashboard_expressions()
+             if not metric_names_in_promql(expr) & NO_DATA_EXPECTED.keys() and not result(prometheus, expr)]
+    assert not empty, "dashboard queries that show no data after traffic:\n" + "\n".join(empty)
+
+
+def test_each_job_exports_only_its_own_metrics(traffic, prometheus) -> None:
+    """A service that inherits another's metrics directory shows up here as a second exporter."""
+    for prefix, owner in OWNERS.items():
+        jobs = {series["metric"]["job"] for series in
+                result(prometheus, f'count by (job) ({{__name__=~"{prefix}.+"}})')}
+        assert jobs == {owner}, f"{prefix}* metrics come from {sorted(jobs)}, expected only {owner}"

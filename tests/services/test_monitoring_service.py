@@ -1,133 +1,50 @@
-"""The monitoring service against the running platform: gauges from real traffic, the alert, the trigger.
+"""The monitoring service against the running platform: gauges from real traffic, the alerts, the trigger.
 
-A champion of our own (registered under the configured model name, since the API follows it) is
-trained on, and has as drift reference, the stats of drivers 9,400,000.. that this module writes
-into the stores. Undrifted bookings through the API must give a low drift share and a live RMSE equal
-to one computed by hand from `labeled_predictions`; drifted bookings (monitoring_service.scenario's
-shifted stats and outcomes) must raise the drift share, make Prometheus evaluate the drift alert's
-expression true, and start exactly one `training` run per cool-down, also across a restart.
+A champion of our own (tests/services/monitored_traffic.py) is trained on, and has as drift reference,
+the stats of drivers that the fixtures write into the stores. Undrifted bookings through the API must
+give a low drift share and a live RMSE equal to one computed by hand from `labeled_predictions`, and
+fire no drift alert; drifted bookings (monitoring_service.scenario's shifted stats and outcomes) must
+raise the drift share, fire DataDriftDetected, and start exactly one `training` run per cool-down,
+also across a restart.
 
-The platform's own monitoring service evaluates once a minute, so the numbers and the trigger are
-checked on a second service process started here with a short interval, sustain and cool-down, on
-a port of its own; Prometheus scrapes the platform's one.
+The numbers and the trigger are checked on a second service process started here with a short
+interval, sustain and cool-down, on a port of its own. Alerts are checked twice: the platform's
+Prometheus (scraping the platform's service) must hold DataDriftDetected pending, its `for: 15m` being
+too long to wait out; a second real Prometheus, loading the same rule files with every `for` cut to
+2 s and scraping the second service every second, must fire it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.parse
 import urllib.request
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import UTC, datetime
 
 import numpy as np
-import pandas as pd
 import pytest
+import yaml
 
 from data_pipeline.offline_store import STATS_TABLE, connect
 from mlops_platform.airflow_client import AirflowClient
-from model_serving.traffic import TrafficConfig, run_traffic
-from monitoring_service.scenario import drifted_stats, normal_stats, outcome_features, write_driver_stats
+from monitoring_service.scenario import drifted_stats, write_driver_stats
 from monitoring_service.trigger_store import TRIGGERS_TABLE
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, run_sh
+from tests.monitoring_config import RULES_DIR
+from tests.services.monitored_traffic import SOURCE, book, book_and_wait_for_the_outcomes, metrics, wait_for
 
-FIRST_ID = 9_400_000
-DRIVERS = 120
-SOURCE = "test-monitoring-service"
-PORT_OFFSET = 50  # the second service listens on the platform's monitoring port + this
-
-
-def metrics(url: str) -> dict[str, float]:
-    """`name{labels}` -> value of every sample on a /metrics page."""
-    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
-        lines = response.read().decode().splitlines()
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines if line and line[0] != "#"}
-
-
-def wait_for(condition, timeout: float, what: str, poll: float = 1.0):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = condition()
-        except OSError as exc:
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(poll)
-    raise AssertionError(f"{what} within {timeout:.0f}s; last seen: {last!r}")
-
-
-def post(url: str, body: dict) -> dict:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
+PORT_OFFSET = 50  # the second service and Prometheus listen on the platform's ports + this
+ALERT_FOR = "2s"  # every rule's `for` in the second Prometheus
 
 
 @pytest.fixture(scope="module")
-def drivers(platform_up, settings) -> pd.DataFrame:
-    stats = normal_stats(range(FIRST_ID, FIRST_ID + DRIVERS), np.random.default_rng(11))
-    with connect(settings) as conn, conn.cursor() as cur:
-        cur.execute(f"delete from {STATS_TABLE} where source = %s", (SOURCE,))
-    assert write_driver_stats(settings, stats, datetime.now(UTC) - timedelta(minutes=1), SOURCE) == DRIVERS
-    yield stats
-    with connect(settings) as conn, conn.cursor() as cur:
-        cur.execute(f"delete from {STATS_TABLE} where source = %s", (SOURCE,))
-
-
-@pytest.fixture(scope="module")
-def champion(drivers, settings):
-    """A tiny pipeline fitted on the drivers' stats, with them (and its scores) as drift reference."""
-    import mlflow
-    import mlflow.sklearn
-    from mlflow.exceptions import MlflowException
-    from mlflow.models import infer_signature
-    from sklearn.linear_model import Ridge
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    from data_pipeline.generate import completion_logit
-    from training_pipeline import tracking
-
-    x = drivers[["conv_rate", "acc_rate", "avg_daily_trips"]].astype(np.float64)
-    y = 1 / (1 + np.exp(-completion_logit(x["conv_rate"], x["acc_rate"], x["avg_daily_trips"])))
-    pipeline = Pipeline([("scale", StandardScaler()), ("ridge", Ridge(alpha=0.1))]).fit(x, y)
-    reference = x.assign(score=pipeline.predict(x))
-
-    client = tracking.client(settings.mlflow_tracking_uri)
-    try:
-        previous = client.get_model_version_by_alias(settings.model_name, settings.model_alias).version
-    except MlflowException:
-        previous = None
-    # An explicit experiment, not mlflow.set_experiment: that would leak into later tests of the session.
-    experiment = client.get_experiment_by_name("monitoring-service-test")
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment("monitoring-service-test")
-    with mlflow.start_run(experiment_id=experiment_id), tempfile.TemporaryDirectory() as folder:
-        info = mlflow.sklearn.log_model(pipeline, name="model", registered_model_name=settings.model_name,
-                                        signature=infer_signature(x, pipeline.predict(x)))
-        path = Path(folder) / "reference.parquet"
-        reference.to_parquet(path, index=False)
-        mlflow.log_artifact(str(path), "reference")
-    version = str(info.registered_model_version)
-    client.set_registered_model_alias(settings.model_name, settings.model_alias, version)
-    wait_for(lambda: post(f"{settings.serving_url}/predict", {"request_id": "monitoring-test-probe",
-                                                              "driver_ids": [FIRST_ID]})["model"]["version"] == version,
-             60, f"the API serving version {version}")
-    yield {"version": version, "pipeline": pipeline}
-    if previous is not None:
-        client.set_registered_model_alias(settings.model_name, settings.model_alias, previous)
-
-
-@pytest.fixture(scope="module")
-def second_service(champion, settings):
+def second_service(monitored_champion, settings):
     """A monitoring service evaluating every 2 s, retraining after 6 s of breach, once an hour."""
     with connect(settings) as conn, conn.cursor() as cur:
         cur.execute(f"drop table if exists {TRIGGERS_TABLE}")  # this test platform's cool-down starts clean
@@ -161,31 +78,69 @@ def evaluated_after(url: str, moment: float) -> dict[str, float]:
                     30, "an evaluation after the traffic")
 
 
-def labeled_count(settings, version: str) -> int:
-    with connect(settings) as conn, conn.cursor() as cur:
-        cur.execute("select count(*) from labeled_predictions where model_name = %s and model_version = %s",
-                    (settings.model_name, version))
-        return cur.fetchone()[0]
+@pytest.fixture(scope="module")
+def alerting_prometheus(second_service, settings, tmp_path_factory) -> str:
+    """A real Prometheus with our rule files, every `for` cut to ALERT_FOR, scraping the second service."""
+    folder = tmp_path_factory.mktemp("alerting-prometheus")
+    rules = folder / "rules"
+    rules.mkdir()
+    for path in RULES_DIR.glob("*.yml"):
+        document = yaml.safe_load(path.read_text())
+        for group in document["groups"]:
+            for rule in group["rules"]:
+                if "for" in rule:
+                    rule["for"] = ALERT_FOR
+        (rules / path.name).write_text(yaml.safe_dump(document, sort_keys=False))
+    target = second_service["url"].removeprefix("http://")
+    config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+              "rule_files": [str(rules / "*.yml")],
+              "scrape_configs": [{"job_name": "monitoring", "static_configs": [{"targets": [target]}]}]}
+    (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = settings.prometheus_port + PORT_OFFSET
+    url = f"http://127.0.0.1:{port}"
+    with open(folder / "prometheus.log", "w") as log:
+        process = subprocess.Popen([shutil.which("prometheus") or "prometheus",
+                                    f"--config.file={folder / 'prometheus.yml'}",
+                                    f"--storage.tsdb.path={folder / 'data'}",
+                                    f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: prometheus_query(url, 'up{job="monitoring"} == 1'), 60,
+                 f"the second Prometheus at {url} scraping {target} (log: {folder / 'prometheus.log'})")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
-def book(settings, stats: pd.DataFrame, drifted: bool, requests: int, seed: int) -> dict:
-    config = TrafficConfig(requests=requests, rate=20, label_delay=0.5, seed=seed)
-    summary = asyncio.run(run_traffic(config, outcome_features(stats, drifted), settings.serving_url))
-    assert summary["responses"]["2xx"] == requests and summary["feedback_sent"] > 0, summary
-    return summary
+def prometheus_query(url: str, expr: str) -> list[dict]:
+    query = urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(f"{url}/api/v1/query?{query}", timeout=10) as response:
+        return json.loads(response.read())["data"]["result"]
+
+
+def scrapes_since(url: str, since: float) -> int:
+    seconds = int(time.time() - since) + 1
+    result = prometheus_query(url, f"count_over_time(monitoring_window_has_data[{seconds}s])")
+    return int(float(result[0]["value"][1])) if result else 0
+
+
+def alerts(url: str, name: str, version: str) -> list[dict]:
+    """The pending or firing alerts `name` for the model version."""
+    with urllib.request.urlopen(f"{url}/api/v1/alerts", timeout=10) as response:
+        found = json.loads(response.read())["data"]["alerts"]
+    return [a for a in found if a["labels"].get("alertname") == name and a["labels"].get("model_version") == version]
 
 
 @pytest.fixture(scope="module")
-def undrifted(second_service, champion, drivers, settings) -> dict:
-    before = labeled_count(settings, champion["version"])
-    summary = book(settings, drivers, drifted=False, requests=60, seed=1)
-    wait_for(lambda: labeled_count(settings, champion["version"]) >= before + summary["feedback_sent"], 60,
-             "every outcome stored by the prediction logger")
+def undrifted(second_service, monitored_champion, monitored_drivers, settings) -> dict:
+    book_and_wait_for_the_outcomes(settings, monitored_drivers, monitored_champion["version"], drifted=False,
+                                   requests=60, seed=1)
     return evaluated_after(second_service["url"], time.time())
 
 
-def test_undrifted_traffic_gives_a_low_drift_share_and_the_hand_computed_live_rmse(undrifted, champion, settings):
-    version = champion["version"]
+def test_undrifted_traffic_gives_a_low_drift_share_and_the_hand_computed_live_rmse(undrifted, monitored_champion,
+                                                                                    settings):
+    version = monitored_champion["version"]
     assert undrifted["monitoring_window_has_data"] == 1.0
     assert undrifted[f'monitoring_drift_share{{model_version="{version}"}}'] < settings.drift_share_threshold
     for feature in ("conv_rate", "acc_rate", "avg_daily_trips", "score"):
@@ -210,17 +165,27 @@ def test_the_window_report_is_served(undrifted, second_service):
     assert page.lstrip().lower().startswith(b"<!doctype html>") and b"root_metric_" in page, page[:200]
 
 
+def test_undrifted_traffic_fires_no_drift_alert(undrifted, alerting_prometheus, monitored_champion):
+    version = monitored_champion["version"]
+    since = time.time()
+    # Five scrapes of the undrifted window: more than the 2 s `for` needs to fire a true expression.
+    wait_for(lambda: scrapes_since(alerting_prometheus, since) >= 5
+             and prometheus_query(alerting_prometheus, "monitoring_window_has_data == 1"), 60,
+             "five scrapes of an evaluated window")
+    assert alerts(alerting_prometheus, "DataDriftDetected", version) == []
+
+
 @pytest.fixture(scope="module")
-def drifted(undrifted, second_service, drivers, settings) -> dict:
+def drifted(undrifted, second_service, monitored_drivers, settings) -> dict:
     started = time.time()
-    shifted = drifted_stats(drivers["driver_id"].tolist(), np.random.default_rng(12))
+    shifted = drifted_stats(monitored_drivers["driver_id"].tolist(), np.random.default_rng(12))
     write_driver_stats(settings, shifted, datetime.now(UTC), SOURCE)
     book(settings, shifted, drifted=True, requests=120, seed=2)
     return {"started": started, "metrics": evaluated_after(second_service["url"], time.time())}
 
 
-def test_drifted_traffic_raises_the_drift_gauges(drifted, champion, settings):
-    version = champion["version"]
+def test_drifted_traffic_raises_the_drift_gauges(drifted, monitored_champion, settings):
+    version = monitored_champion["version"]
     gauges = drifted["metrics"]
     assert gauges[f'monitoring_drift_share{{model_version="{version}"}}'] > settings.drift_share_threshold
     for feature in ("conv_rate", "acc_rate"):
@@ -233,7 +198,7 @@ def training_runs_since(client: AirflowClient, since: float) -> list[dict]:
 
 
 def test_the_trigger_starts_exactly_one_training_run_per_cooldown_even_across_a_restart(
-        drifted, second_service, champion, settings):
+        drifted, second_service, monitored_champion, settings):
     client = AirflowClient.from_settings(settings)
     url = second_service["url"]
     wait_for(lambda: metrics(url).get('monitoring_retraining_triggered_total{reason="drift"}') == 1.0, 30,
@@ -245,7 +210,7 @@ def test_the_trigger_starts_exactly_one_training_run_per_cooldown_even_across_a_
         with connect(settings) as conn, conn.cursor() as cur:
             cur.execute(f"select reason, metric, threshold, model_version, dag_run_id from {TRIGGERS_TABLE}")
             assert cur.fetchall() == [("drift", "monitoring_drift_share", settings.drift_share_threshold,
-                                       champion["version"], runs[0]["dag_run_id"])]
+                                       monitored_champion["version"], runs[0]["dag_run_id"])]
         # Still breaching: more evaluations, then a restart, start nothing within the cool-down.
         process = second_service["processes"][-1]
         process.terminate()
@@ -262,21 +227,43 @@ def test_the_trigger_starts_exactly_one_training_run_per_cooldown_even_across_a_
         client.pause("training")  # the trigger unpaused it; the scheduler would start weekly runs of its own
 
 
-def test_prometheus_evaluates_the_drift_alert_true_for_the_drifted_version(drifted, champion, settings):
-    """The platform's service (evaluating once a minute) is scraped; DataDriftDetected's `for: 15m`
-    is too long to wait, so the alert must be pending (or firing) and its expression true."""
-    version = champion["version"]
-    expr = (f'monitoring_drift_share{{model_version="{version}"}} >= 0.5 '
-            'and on(job, instance) monitoring_window_has_data == 1')
+def test_drifted_traffic_fires_the_drift_alert(drifted, alerting_prometheus, monitored_champion):
+    version = monitored_champion["version"]
+    firing = wait_for(lambda: [a for a in alerts(alerting_prometheus, "DataDriftDetected", version)
+                               if a["state"] == "firing"], 60, "DataDriftDetected firing for the drifted version")
+    assert float(firing[0]["value"]) >= 0.5, firing
 
-    def alert_pending() -> bool:
-        query = urllib.parse.urlencode({"query": expr})
-        with urllib.request.urlopen(f"{settings.prometheus_url}/api/v1/query?{query}", timeout=10) as response:
-            if not json.loads(response.read())["data"]["result"]:
-                return False
-        with urllib.request.urlopen(f"{settings.prometheus_url}/api/v1/alerts", timeout=10) as response:
-            alerts = json.loads(response.read())["data"]["alerts"]
-        return any(a["labels"].get("alertname") == "DataDriftDetected" and a["labels"].get("model_version") == version
-                   and a["state"] in ("pending", "firing") for a in alerts)
 
-    wait_for(alert_pending, 150, "DataDriftDetected pending for the drifted version", poll=5)
+def test_the_platforms_prometheus_holds_the_drift_alert_pending(drifted, monitored_champion, settings):
+    """The platform's own Prometheus, rules and monitoring service (evaluating every few seconds in the
+    test platform): DataDriftDetected's `for: 15m` is too long to wait, so it must be pending (or firing)."""
+    version = monitored_champion["version"]
+    wait_for(lambda: [a for a in alerts(settings.prometheus_url, "DataDriftDetected", version)
+                      if a["state"] in ("pending", "firing")], 150,
+             "DataDriftDetected pending for the drifted version", poll=5)
+
+
+def test_the_scenario_verb_books_drifted_trips_that_reach_the_prediction_log(drifted, monitored_champion, settings):
+    from monitoring_service.scenario import SCENARIO_FIRST_ID
+    from monitoring_service.scenario import SOURCE as SCENARIO_SOURCE
+
+    drivers = 20
+    try:
+        result = run_sh("scenario", "--drifted", "--requests", "30", "--rate", "20", "--drivers", str(drivers))
+        summary = json.loads(result.stdout.splitlines()[-1])
+        assert (summary["scenario"], summary["online_rows_written"], summary["responses"]["2xx"]) == (
+            "drifted", drivers, 30), summary
+        assert summary["feedback_sent"] > 0, summary
+
+        def logged() -> list[tuple]:
+            with connect(settings) as conn, conn.cursor() as cur:
+                cur.execute("select conv_rate, model_version from prediction_log where driver_id between %s and %s "
+                            "and predicted_at > now() - interval '5 minutes'",
+                            (SCENARIO_FIRST_ID, SCENARIO_FIRST_ID + drivers - 1))
+                return cur.fetchall()
+
+        rows = wait_for(logged, 60, "the scenario's predictions in the prediction log")
+        assert all(conv >= 0.9 and version == monitored_champion["version"] for conv, version in rows), rows[:5]
+    finally:
+        with connect(settings) as conn, conn.cursor() as cur:
+            cur.execute(f"delete from {STATS_TABLE} where source = %s", (SCENARIO_SOURCE,))

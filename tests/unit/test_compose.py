@@ -366,6 +366,16 @@ def test_our_services_run_exactly_the_local_mode_commands(compose: dict[str, Any
     assert built_with_python_image == expected_names
 
 
+def test_the_python_image_holds_every_package_our_services_run() -> None:
+    """Each of our top-level packages (but tests and benchmarks) is copied into the image: a container
+    whose command imports a package left out would only fail when it starts."""
+    packages = {path.parent.name for path in ROOT.glob("*/__init__.py")} - {"tests", "benchmarks"}
+    copied = {re.sub(r"\[(\w)\]", r"\1", source) for source in
+              re.findall(r"(?m)^COPY\s+(?!--)(\S+)\s+\./\S+/$", PYTHON_DOCKERFILE.read_text())}
+    assert packages <= copied, f"not copied into the image: {sorted(packages - copied)}"
+    assert {"airflow", "feast_repo", "monitoring"} <= copied  # DAGs, feature repo, rules and dashboards
+
+
 def settings_variables() -> set[str]:
     """Every variable mlops_platform.settings reads."""
     source = (ROOT / "mlops_platform" / "settings.py").read_text()

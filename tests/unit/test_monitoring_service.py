@@ -244,3 +244,19 @@ def test_reports_are_named_by_window_end_and_pruned(tmp_path) -> None:
     for minute in range(4):
         write_report(Snapshot(), tmp_path, T0 + timedelta(minutes=minute), keep=2)
     assert [p.name for p in list_reports(tmp_path)] == ["2024-09-15T12-03-00Z.html", "2024-09-15T12-02-00Z.html"]
+
+
+def test_every_evaluation_step_that_can_fail_is_exported_at_zero_from_the_start() -> None:
+    """A panel or alert on evaluation errors sees 0 per step, not "no data", and no step is missing."""
+    import re
+    from pathlib import Path
+
+    import monitoring_service.service as service_module
+    from monitoring_service.metrics import EVALUATION_STEPS
+
+    counted = set(re.findall(r'evaluation_errors\.labels\("(\w+)"\)', Path(service_module.__file__).read_text()))
+    assert counted and counted <= set(EVALUATION_STEPS), counted - set(EVALUATION_STEPS)
+    registry = CollectorRegistry()
+    MonitoringMetrics(registry)
+    for step in EVALUATION_STEPS:
+        assert registry.get_sample_value("monitoring_evaluation_errors_total", {"step": step}) == 0.0
