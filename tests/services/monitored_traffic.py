@@ -96,9 +96,8 @@ def served_champion(drivers: pd.DataFrame, settings) -> Iterator[dict]:
     except MlflowException:
         previous = None
     # An explicit experiment, not mlflow.set_experiment: that would leak into later tests of the session.
-    experiment = client.get_experiment_by_name("monitoring-test")
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment("monitoring-test")
-    with mlflow.start_run(experiment_id=experiment_id), tempfile.TemporaryDirectory() as folder:
+    experiment = tracking.experiment_id(client, "monitoring-test")
+    with mlflow.start_run(experiment_id=experiment), tempfile.TemporaryDirectory() as folder:
         info = mlflow.sklearn.log_model(pipeline, name="model", registered_model_name=settings.model_name,
                                         signature=infer_signature(x, pipeline.predict(x)))
         path = Path(folder) / "reference.parquet"

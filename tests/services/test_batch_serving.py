@@ -97,9 +97,8 @@ def champion(mlflow_up, settings):
 
     name = f"batch-serving-test-{uuid.uuid4().hex[:8]}"
     client = tracking.client(settings.mlflow_tracking_uri)
-    experiment = client.get_experiment_by_name("batch-serving-test")
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment("batch-serving-test")
-    with mlflow.start_run(experiment_id=experiment_id):  # not set_experiment: it would leak into later tests
+    # An explicit experiment, not mlflow.set_experiment: that would leak into later tests of the session.
+    with mlflow.start_run(experiment_id=tracking.experiment_id(client, "batch-serving-test")):
         info = mlflow.sklearn.log_model(pipeline, name="model", registered_model_name=name,
                                         signature=infer_signature(x, pipeline.predict(x)))
     client.set_registered_model_alias(name, "champion", str(info.registered_model_version))

@@ -62,11 +62,13 @@ def register(settings, seed: int) -> str:
     import mlflow.sklearn
     from mlflow.models import infer_signature
 
+    from training_pipeline import tracking
     from training_pipeline.model import SKOPS_TRUSTED_TYPES
 
     x, pipeline = train(seed)
-    mlflow.set_experiment("serving-tests")
-    with mlflow.start_run(run_name=f"serving-test-{seed}"):
+    experiment = tracking.experiment_id(tracking.client(settings.mlflow_tracking_uri), "serving-tests")
+    # An explicit experiment, not mlflow.set_experiment: that would leak into later tests of the session.
+    with mlflow.start_run(run_name=f"serving-test-{seed}", experiment_id=experiment):
         info = mlflow.sklearn.log_model(pipeline, name="model", signature=infer_signature(x, pipeline.predict(x)),
                                         input_example=x.head(3), registered_model_name=settings.model_name,
                                         skops_trusted_types=SKOPS_TRUSTED_TYPES)
