@@ -98,21 +98,32 @@ class StreamConsumer:
         self._next_lag_update = 0.0
 
     # ---- connections --------------------------------------------------------------------------
-    def connect(self) -> None:
-        """Topics, both stores and the group membership; raises on the first that does not answer."""
-        from kafka import KafkaProducer
+    # What a consumer built on this loop (the prediction logger) sets or overrides: its group, its
+    # topics, its writers, and what it says once connected.
+    group_id = GROUP_ID
+    connected_to = "Kafka, PostgreSQL and Redis"
 
-        settings = self.settings
-        ensure_topics(settings)
+    def subscribed_topics(self) -> list[str]:
+        return [self.settings.driver_stats_topic]
+
+    def open_writers(self) -> None:
+        """Both stores; raises when one does not answer."""
         if self.offline is None:
-            self.offline = OfflineWriter(settings)
+            self.offline = OfflineWriter(self.settings)
         self.offline.check()
         if self.online is None:
-            self.online = OnlineWriter(settings)
+            self.online = OnlineWriter(self.settings)
         self.online.check()
+
+    def connect(self) -> None:
+        """Topics, the writers and the group membership; raises on the first that does not answer."""
+        from kafka import KafkaProducer
+
+        ensure_topics(self.settings)
+        self.open_writers()
         if self.dlq is None:
-            self.dlq = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all",
-                                     linger_ms=5, client_id=f"{GROUP_ID}-dlq", bootstrap_timeout_ms=10_000)
+            self.dlq = KafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap_servers, acks="all",
+                                     linger_ms=5, client_id=f"{self.group_id}-dlq", bootstrap_timeout_ms=10_000)
         if self.consumer is None:
             self.consumer = self._kafka_consumer()
 
@@ -120,8 +131,8 @@ class StreamConsumer:
         from kafka import KafkaConsumer
 
         consumer = KafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers, group_id=GROUP_ID,
-            client_id=f"{GROUP_ID}-{threading.get_native_id()}",
+            bootstrap_servers=self.settings.kafka_bootstrap_servers, group_id=self.group_id,
+            client_id=f"{self.group_id}-{threading.get_native_id()}",
             enable_auto_commit=False, auto_offset_reset="earliest",
             max_poll_records=MAX_POLL_RECORDS, fetch_max_wait_ms=POLL_TIMEOUT_MS,
             session_timeout_ms=SESSION_TIMEOUT_MS, heartbeat_interval_ms=SESSION_TIMEOUT_MS // 4,
@@ -129,7 +140,7 @@ class StreamConsumer:
         )
         self.joined.clear()
         self.unassigned_since = time.monotonic()
-        consumer.subscribe([self.settings.driver_stats_topic], listener=_rebalance_listener(self))
+        consumer.subscribe(self.subscribed_topics(), listener=_rebalance_listener(self))
         # A metadata refresh after subscribing lets the first join see the topic's partitions; without
         # it kafka-python assigns from an empty snapshot and rebalances again straight away.
         consumer.topics()
@@ -153,9 +164,9 @@ class StreamConsumer:
         while not self.stop.is_set():
             try:
                 self.connect()
-                log.info("connected to Kafka, PostgreSQL and Redis",
+                log.info(f"connected to {self.connected_to}",
                          extra={"bootstrap_servers": self.settings.kafka_bootstrap_servers,
-                                "topic": self.settings.driver_stats_topic, "group_id": GROUP_ID})
+                                "topics": self.subscribed_topics(), "group_id": self.group_id})
                 return True
             except Exception as exc:  # any client library's error: report it and try again
                 log.warning("not connected yet", extra={"error": f"{type(exc).__name__}: {exc}",

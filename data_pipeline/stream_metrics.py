@@ -22,39 +22,49 @@ NO_ASSIGNMENT, STALLED = "no_assignment", "stalled"
 RESTART_REASONS = (NO_ASSIGNMENT, STALLED)
 
 
-class ConsumerMetrics:
+class KafkaLoopMetrics:
+    """What every consumer built on the stream consumer's loop exports under its own prefix: refusals,
+    dead letters, batches, watchdog restarts, write failures and times, lag, last success, readiness."""
+
+    def __init__(self, prefix: str, registry: CollectorRegistry, stages: tuple[str, ...],
+                 rejected_labels: tuple[str, ...], ready_help: str) -> None:
+        by = " and ".join("reason class" if label == "reason" else label for label in rejected_labels)
+        self.rejected = Counter(prefix + "messages_rejected", f"Messages that broke the contract, by {by}.",
+                                list(rejected_labels), registry=registry)
+        self.dlq_sends = Counter(prefix + "dlq_sends", "Records sent to dead-letter topics.", registry=registry)
+        self.batches = Counter(prefix + "batches_committed", "Batches written and committed.", registry=registry)
+        self.restarts = Counter(prefix + "kafka_client_restarts", "Kafka clients replaced by the watchdog, by "
+                                "reason.", ["reason"], registry=registry)
+        self.failures = Counter(prefix + "batch_failures", "Batches abandoned by a failed write, by stage; they "
+                                "are read again.", ["stage"], registry=registry)
+        self.batch_write = Histogram(prefix + "batch_write_seconds", "Time to write one batch, by stage.",
+                                     ["stage"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.lag = Gauge(prefix + "lag", "Records behind the end of the partition (end offset minus position).",
+                         ["topic", "partition"], registry=registry)
+        self.last_success = Gauge(prefix + "last_success_timestamp_seconds", "Unix time of the last committed "
+                                  "batch.", registry=registry)
+        self.ready = Gauge(prefix + "ready", ready_help, registry=registry)
+        for stage in stages:
+            self.batch_write.labels(stage)
+            self.failures.labels(stage)
+        self.batch_write.labels("total")
+        for reason in RESTART_REASONS:
+            self.restarts.labels(reason)
+
+
+class ConsumerMetrics(KafkaLoopMetrics):
     """One set of the consumer's metrics, registered in `registry` (the process default unless given)."""
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        super().__init__(PREFIX, registry, WRITE_STAGES, ("reason",),
+                         "1 once connected to Kafka and both stores and the last batch succeeded.")
         self.consumed = Counter(PREFIX + "messages_consumed", "Messages read from the stats topic.",
                                 registry=registry)
         self.pushed = Counter(PREFIX + "messages_pushed", "Rows pushed to the online store (newest per driver "
                               "of each batch).", registry=registry)
         self.offline_rows = Counter(PREFIX + "offline_rows_inserted", "New rows in the offline table "
                                     "(replays insert nothing).", registry=registry)
-        self.rejected = Counter(PREFIX + "messages_rejected", "Messages that broke the contract, by reason class.",
-                                ["reason"], registry=registry)
-        self.dlq_sends = Counter(PREFIX + "dlq_sends", "Records sent to the dead-letter topic.", registry=registry)
-        self.batches = Counter(PREFIX + "batches_committed", "Batches written and committed.", registry=registry)
-        self.restarts = Counter(PREFIX + "kafka_client_restarts", "Kafka clients replaced by the watchdog, by reason.",
-                                ["reason"], registry=registry)
-        self.failures = Counter(PREFIX + "batch_failures", "Batches abandoned by a failed write, by stage; they "
-                                "are read again.", ["stage"], registry=registry)
-        self.batch_write = Histogram(PREFIX + "batch_write_seconds", "Time to write one batch, by stage.",
-                                     ["stage"], buckets=LATENCY_BUCKETS, registry=registry)
         self.freshness = Histogram(PREFIX + "freshness_seconds", "From produced_at to visible in the online store.",
                                    buckets=FRESHNESS_BUCKETS, registry=registry)
-        self.lag = Gauge(PREFIX + "lag", "Records behind the end of the partition (end offset minus committed).",
-                         ["topic", "partition"], registry=registry)
-        self.last_success = Gauge(PREFIX + "last_success_timestamp_seconds", "Unix time of the last committed batch.",
-                                  registry=registry)
-        self.ready = Gauge(READY, "1 once connected to Kafka and both stores and the last batch succeeded.",
-                           registry=registry)
-        for stage in WRITE_STAGES:
-            self.batch_write.labels(stage)
-            self.failures.labels(stage)
-        self.batch_write.labels("total")
         for reason in REASON_CLASSES:
             self.rejected.labels(reason)
-        for reason in RESTART_REASONS:
-            self.restarts.labels(reason)

@@ -87,19 +87,32 @@ class OnlineWriter:
         return len(rows)
 
 
-class OfflineWriter:
-    """Inserts every valid message into the offline table, one statement per batch."""
+class PostgresBatchWriter:
+    """One kept-open connection to the feature database; each batch is one transaction.
 
-    INSERT = (f"insert into {STATS_TABLE} ({', '.join(STATS_COLUMNS)}, source) values %s "
-              "on conflict (driver_id, event_timestamp) do nothing")
+    A subclass says which tables it needs (`ensure_tables`), what one batch inserts (`insert`, returning
+    what was new) and what an empty batch returns (`nothing_new`). A broken connection is replaced on
+    the next batch; a failed statement is rolled back.
+    """
+
+    application_name = "platform-batch-writer"
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._conn = None
 
+    def ensure_tables(self) -> None:
+        raise NotImplementedError
+
+    def insert(self, cur, batch):
+        raise NotImplementedError
+
+    def nothing_new(self):
+        return 0
+
     def check(self) -> None:
-        """Create the offline schema if needed and open the connection."""
-        ensure_schema(self.settings)
+        """Create the tables if needed and open the connection."""
+        self.ensure_tables()
         self._connection()
 
     def _connection(self):
@@ -107,26 +120,21 @@ class OfflineWriter:
 
         if self._conn is None or self._conn.closed:
             self._conn = psycopg2.connect(self.settings.postgres_dsn(self.settings.feast_db), connect_timeout=10,
-                                          application_name="driver-stats-stream-consumer")
+                                          application_name=self.application_name)
         return self._conn
 
-    def write(self, messages: Sequence[DriverStats]) -> int:
-        """Insert the batch in one transaction; returns how many rows were new."""
+    def write(self, batch):
+        """Insert the batch in one transaction; returns what `insert` counted as new."""
         import psycopg2
-        from psycopg2.extras import execute_values
 
-        if not messages:
-            return 0
-        rows = [(m.driver_id, m.event_timestamp, m.created, m.conv_rate, m.acc_rate, m.avg_daily_trips,
-                 OFFLINE_SOURCE) for m in messages]
+        if not len(batch):
+            return self.nothing_new()
         conn = self._connection()
         try:
             with conn.cursor() as cur:
-                execute_values(cur, self.INSERT, rows, page_size=len(rows))
-                inserted = cur.rowcount
+                inserted = self.insert(cur, batch)
             conn.commit()
         except psycopg2.Error:
-            # A broken connection is replaced on the next batch; a failed statement is rolled back.
             try:
                 conn.rollback()
             except psycopg2.Error:
@@ -137,3 +145,22 @@ class OfflineWriter:
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
+
+
+class OfflineWriter(PostgresBatchWriter):
+    """Inserts every valid message into the offline table, one statement per batch; returns the new rows."""
+
+    INSERT = (f"insert into {STATS_TABLE} ({', '.join(STATS_COLUMNS)}, source) values %s "
+              "on conflict (driver_id, event_timestamp) do nothing")
+    application_name = "driver-stats-stream-consumer"
+
+    def ensure_tables(self) -> None:
+        ensure_schema(self.settings)
+
+    def insert(self, cur, messages: Sequence[DriverStats]) -> int:
+        from psycopg2.extras import execute_values
+
+        rows = [(m.driver_id, m.event_timestamp, m.created, m.conv_rate, m.acc_rate, m.avg_daily_trips,
+                 OFFLINE_SOURCE) for m in messages]
+        execute_values(cur, self.INSERT, rows, page_size=len(rows))
+        return cur.rowcount

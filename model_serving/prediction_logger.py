@@ -17,7 +17,6 @@ validation, the store and the metrics.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -26,16 +25,11 @@ from typing import Any
 
 from data_pipeline import stream_topics
 from data_pipeline.stream_consumer import (
-    MAX_POLL_RECORDS,
-    POLL_TIMEOUT_MS,
-    RETRY_MAX_SECONDS,
-    RETRY_MIN_SECONDS,
-    SESSION_TIMEOUT_MS,
     StageFailed,
     StreamConsumer,
-    _rebalance_listener,
 )
 from data_pipeline.stream_messages import Rejection, dead_letter
+from data_pipeline.stream_writers import PostgresBatchWriter
 from mlops_platform.health import require_ready, scrape_metrics
 from mlops_platform.logs import configure_logging, stop_on_signals
 from mlops_platform.settings import Settings, get_settings
@@ -108,52 +102,23 @@ def split(records: Sequence[Any], settings: Settings,
     return valid, rejected
 
 
-class StoreWriter:
-    """Inserts a batch's predictions and outcomes in one transaction over one kept-open connection."""
+class StoreWriter(PostgresBatchWriter):
+    """Inserts a batch's predictions and outcomes in one transaction; returns the new rows per table
+    (a redelivered message adds none)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._conn = None
+    application_name = SERVICE
 
-    def check(self) -> None:
-        """Create the tables if needed and open the connection."""
+    def ensure_tables(self) -> None:
         ensure_schema(self.settings)
-        self._connection()
 
-    def _connection(self):
-        import psycopg2
+    def insert(self, cur, batch: ValidBatch) -> dict[str, int]:
+        return {
+            PREDICTIONS_TABLE: insert_predictions(cur, [p.row() for p in batch.predictions]),
+            GROUND_TRUTH_TABLE: insert_ground_truth(cur, [g.row() for g in batch.ground_truth]),
+        }
 
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg2.connect(self.settings.postgres_dsn(self.settings.feast_db), connect_timeout=10,
-                                          application_name=SERVICE)
-        return self._conn
-
-    def write(self, batch: ValidBatch) -> dict[str, int]:
-        """Insert the batch; returns the new rows per table (a redelivered message adds none)."""
-        import psycopg2
-
-        if not len(batch):
-            return {PREDICTIONS_TABLE: 0, GROUND_TRUTH_TABLE: 0}
-        conn = self._connection()
-        try:
-            with conn.cursor() as cur:
-                inserted = {
-                    PREDICTIONS_TABLE: insert_predictions(cur, [p.row() for p in batch.predictions]),
-                    GROUND_TRUTH_TABLE: insert_ground_truth(cur, [g.row() for g in batch.ground_truth]),
-                }
-            conn.commit()
-        except psycopg2.Error:
-            # A broken connection is replaced on the next batch; a failed statement is rolled back.
-            try:
-                conn.rollback()
-            except psycopg2.Error:
-                conn.close()
-            raise
-        return inserted
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
+    def nothing_new(self) -> dict[str, int]:
+        return {PREDICTIONS_TABLE: 0, GROUND_TRUTH_TABLE: 0}
 
 
 class PredictionLogger(StreamConsumer):
@@ -163,52 +128,17 @@ class PredictionLogger(StreamConsumer):
     stream consumer keeps its offline writer, so closing is shared too.
     """
 
-    def connect(self) -> None:
-        """Topics, the store and the group membership; raises on the first that does not answer."""
-        from kafka import KafkaProducer
+    group_id = GROUP_ID
+    connected_to = "Kafka and PostgreSQL"
 
-        ensure_topics(self.settings)
+    def subscribed_topics(self) -> list[str]:
+        return list(topics(self.settings))
+
+    def open_writers(self) -> None:
+        """The prediction store; raises when PostgreSQL does not answer."""
         if self.offline is None:
             self.offline = StoreWriter(self.settings)
         self.offline.check()
-        if self.dlq is None:
-            self.dlq = KafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap_servers, acks="all",
-                                     linger_ms=5, client_id=f"{GROUP_ID}-dlq", bootstrap_timeout_ms=10_000)
-        if self.consumer is None:
-            self.consumer = self._kafka_consumer()
-
-    def _kafka_consumer(self):
-        from kafka import KafkaConsumer
-
-        consumer = KafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers, group_id=GROUP_ID,
-            client_id=f"{GROUP_ID}-{threading.get_native_id()}",
-            enable_auto_commit=False, auto_offset_reset="earliest",
-            max_poll_records=MAX_POLL_RECORDS, fetch_max_wait_ms=POLL_TIMEOUT_MS,
-            session_timeout_ms=SESSION_TIMEOUT_MS, heartbeat_interval_ms=SESSION_TIMEOUT_MS // 4,
-            bootstrap_timeout_ms=10_000,
-        )
-        self.joined.clear()
-        self.unassigned_since = time.monotonic()
-        consumer.subscribe(list(topics(self.settings)), listener=_rebalance_listener(self))
-        consumer.topics()  # see StreamConsumer._kafka_consumer: the first join then sees the partitions
-        return consumer
-
-    def connect_until_ready(self) -> bool:
-        """Retry `connect` with a growing pause until it works or a stop is asked for."""
-        delay = RETRY_MIN_SECONDS
-        while not self.stop.is_set():
-            try:
-                self.connect()
-                log.info("connected to Kafka and PostgreSQL",
-                         extra={"bootstrap_servers": self.settings.kafka_bootstrap_servers,
-                                "topics": list(topics(self.settings)), "group_id": GROUP_ID})
-                return True
-            except Exception as exc:  # any client library's error: report it and try again
-                log.warning("not connected yet", extra={"error": f"{type(exc).__name__}: {exc}", "retry_in_s": delay})
-                self.stop.wait(delay)
-                delay = min(delay * 2, RETRY_MAX_SECONDS)
-        return False
 
     def process(self, records: Sequence[Any]) -> None:
         """Validate, store and dead-letter the batch, then commit it; raises StageFailed."""

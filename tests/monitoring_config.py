@@ -314,22 +314,49 @@ def _enclosing_functions(tree: ast.Module) -> dict[int, ast.FunctionDef | ast.As
     return enclosing
 
 
-def _call_site_bindings(tree: ast.Module, function: ast.FunctionDef | ast.AsyncFunctionDef,
-                        names: dict[str, str], needed: set[str]) -> list[dict[str, str]] | None:
+def _calls_to(tree: ast.Module, function: ast.FunctionDef | ast.AsyncFunctionDef) -> list[tuple[ast.Call, bool]]:
+    """The calls of a helper function in its own module, and whether each passes `self` implicitly."""
+    params = [a.arg for a in function.args.posonlyargs + function.args.args]
+    calls = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            called = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+            if called == function.name:
+                calls.append((node, params[:1] in (["self"], ["cls"]) and isinstance(func, ast.Attribute)))
+    return calls
+
+
+def _constructions_of(trees: dict[str, ast.Module], class_name: str) -> list[tuple[str, ast.Call]]:
+    """(module, call) of every `super().__init__(...)` in a subclass of `class_name`, in any module, and of
+    every direct `class_name(...)`: the places a base class's __init__ gets its arguments."""
+    found = []
+    for module, tree in trees.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and any(
+                    (base.id if isinstance(base, ast.Name) else getattr(base, "attr", None)) == class_name
+                    for base in node.bases):
+                for call in ast.walk(node):
+                    if (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+                            and call.func.attr == "__init__" and isinstance(call.func.value, ast.Call)
+                            and isinstance(call.func.value.func, ast.Name) and call.func.value.func.id == "super"):
+                        found.append((module, call))
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == class_name:
+                found.append((module, node))
+    return found
+
+
+def _call_site_bindings(function: ast.FunctionDef | ast.AsyncFunctionDef,
+                        calls: list[tuple[ast.Call, bool, dict[str, str]]],
+                        needed: set[str]) -> list[dict[str, str]] | None:
     """For a helper such as `def gauge(name, text): return Gauge(PREFIX + name, text)`, the string
-    arguments given to the `needed` parameters at each of its calls in the module; None when one of
-    them cannot be read."""
+    arguments given to the `needed` parameters at each of its `calls` (call, passes self implicitly,
+    the constants of the call's module); None when one of them cannot be read."""
     params = [a.arg for a in function.args.posonlyargs + function.args.args]
     defaults = dict(zip(params[len(params) - len(function.args.defaults):], function.args.defaults, strict=True))
     bindings = []
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Call):
-            continue
-        func = node.func
-        called = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
-        if called != function.name:
-            continue
-        positional = params[1:] if params[:1] in (["self"], ["cls"]) and isinstance(func, ast.Attribute) else params
+    for node, implicit_self, names in calls:
+        positional = params[1:] if implicit_self else params
         bound: dict[str, str] = {}
         try:
             for param, arg in zip(positional, node.args, strict=False):
@@ -345,6 +372,18 @@ def _call_site_bindings(tree: ast.Module, function: ast.FunctionDef | ast.AsyncF
             return None
         bindings.append(bound)
     return bindings or None
+
+
+def _helper_calls(trees: dict[str, ast.Module], module: str, helper: ast.FunctionDef | ast.AsyncFunctionDef,
+                  constants: dict[str, dict[str, str]]) -> list[tuple[ast.Call, bool, dict[str, str]]]:
+    """Where a helper's arguments come from: the calls in its module, or for a class's __init__, the
+    subclasses' super().__init__ calls and the constructions of the class anywhere."""
+    if helper.name == "__init__":
+        owner = next((node.name for node in ast.walk(trees[module]) if isinstance(node, ast.ClassDef)
+                      and helper in node.body), None)
+        if owner is not None:
+            return [(call, True, constants[where]) for where, call in _constructions_of(trees, owner)]
+    return [(call, implicit_self, constants[module]) for call, implicit_self in _calls_to(trees[module], helper)]
 
 
 def metric_definitions() -> tuple[list[MetricDefinition], list[str]]:
@@ -385,9 +424,10 @@ def metric_definitions() -> tuple[list[MetricDefinition], list[str]]:
                 _evaluate(name_node, constants[module])
             except _Unresolved:
                 helper = enclosing.get(id(node))
-                needed = {n.id for value in [name_node, *keywords.values()] for n in ast.walk(value)
-                          if isinstance(n, ast.Name)}
-                bindings = _call_site_bindings(tree, helper, constants[module], needed) if helper else None
+                name_parts = [name_node, *(keywords[k] for k in ("namespace", "subsystem") if k in keywords)]
+                needed = {n.id for value in name_parts for n in ast.walk(value) if isinstance(n, ast.Name)}
+                bindings = (_call_site_bindings(helper, _helper_calls(trees, module, helper, constants), needed)
+                            if helper else None)
                 if bindings is None:
                     unresolved.append(where)
                     continue
