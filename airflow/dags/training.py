@@ -12,18 +12,20 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pendulum
 from airflow.sdk import DAG, Param, task
+from airflow.timetables.trigger import CronTriggerTimetable
 
 from training_pipeline.config import MODES, RETRIEVALS, TrainingConfig
 
 DEFAULTS = TrainingConfig(tracking_uri="")
+WEEKLY = "0 3 * * 1"
 
 with DAG(
     dag_id="training",
-    # Weekly: the stats drift slowly, and a week adds enough labels to change the model.
-    schedule="@weekly",
-    start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
+    # Weekly: the stats drift slowly, and a week adds enough labels to change the model. Mondays 03:00,
+    # a quiet hour; unpausing waits for the next one instead of starting the missed one at once (no start
+    # date, run_immediately off), so a run triggered by hand or by monitoring is the only one.
+    schedule=CronTriggerTimetable(WEEKLY, timezone="UTC", run_immediately=False),
     catchup=False,
     max_active_runs=1,  # aliases move one run at a time
     default_args={"retries": 1, "retry_delay": timedelta(seconds=30)},

@@ -47,9 +47,19 @@ def test_parsing_the_dag_loads_no_step_feast_or_mlflow_and_reads_no_settings():
     assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_weekly_one_run_at_a_time_no_catchup(dag):
+def test_weekly_one_run_at_a_time_no_catchup_and_unpausing_starts_nothing_at_once(dag):
+    from datetime import UTC, datetime
+
+    from airflow.timetables.base import TimeRestriction
+    from airflow.timetables.trigger import CronTriggerTimetable
+
     assert dag.catchup is False and dag.max_active_runs == 1
-    assert dag.schedule == "@weekly"
+    assert isinstance(dag.timetable, CronTriggerTimetable) and dag.timetable.summary == "0 3 * * 1"
+    # What the scheduler asks when the DAG is unpaused without runs of its own: the next run is in the
+    # future, so a run triggered by hand (the demo, the monitoring service) is not joined by a missed one.
+    first = dag.timetable.next_dagrun_info(last_automated_data_interval=None, restriction=TimeRestriction(
+        earliest=dag.start_date, latest=None, catchup=False))
+    assert first.run_after > datetime.now(UTC)
 
 
 def test_folds_and_final_fit_fan_out_after_the_training_set_and_join_before_registration(dag):
