@@ -99,12 +99,16 @@ class StreamConsumer:
 
     # ---- connections --------------------------------------------------------------------------
     # What a consumer built on this loop (the prediction logger) sets or overrides: its group, its
-    # topics, its writers, and what it says once connected.
+    # topics (and their creation, with the partition counts it relies on), its writers, and what it
+    # says once connected.
     group_id = GROUP_ID
     connected_to = "Kafka, PostgreSQL and Redis"
 
     def subscribed_topics(self) -> list[str]:
         return [self.settings.driver_stats_topic]
+
+    def create_topics(self) -> None:
+        ensure_topics(self.settings)
 
     def open_writers(self) -> None:
         """Both stores; raises when one does not answer."""
@@ -119,7 +123,7 @@ class StreamConsumer:
         """Topics, the writers and the group membership; raises on the first that does not answer."""
         from kafka import KafkaProducer
 
-        ensure_topics(self.settings)
+        self.create_topics()
         self.open_writers()
         if self.dlq is None:
             self.dlq = KafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap_servers, acks="all",

@@ -134,6 +134,9 @@ class PredictionLogger(StreamConsumer):
     def subscribed_topics(self) -> list[str]:
         return list(topics(self.settings))
 
+    def create_topics(self) -> None:
+        ensure_topics(self.settings)  # ours: the two topics and their dead-letter topics
+
     def open_writers(self) -> None:
         """The prediction store; raises when PostgreSQL does not answer."""
         if self.offline is None:

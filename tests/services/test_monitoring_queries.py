@@ -131,19 +131,36 @@ def traffic(prometheus, monitored_champion, monitored_drivers, settings) -> dict
     return {"version": version}
 
 
-def test_every_metric_of_every_dashboard_and_alert_has_series(traffic, prometheus) -> None:
+def metrics_without_series(prometheus: str) -> list[str]:
     names: dict[str, list[str]] = {}
     for source, expr in all_promql_expressions():
         for name in metric_names_in_promql(expr) - NO_DATA_EXPECTED.keys():
             names.setdefault(name, []).append(source)
-    missing = [f"  {name}: used by {', '.join(sources)}" for name, sources in sorted(names.items())
-               if not result(prometheus, name)]
+    return [f"  {name}: used by {', '.join(sources)}" for name, sources in sorted(names.items())
+            if not result(prometheus, name)]
+
+
+def panels_without_data(prometheus: str) -> list[str]:
+    return [f"  {source}\n    {expr}" for source, expr in dashboard_expressions()
+            if not metric_names_in_promql(expr) & NO_DATA_EXPECTED.keys() and not result(prometheus, expr)]
+
+
+def settled(check, prometheus: str, timeout: float = 90) -> list[str]:
+    """What `check` still finds after up to `timeout` seconds: a series born with the traffic needs two
+    scrapes before rate() over it has a value."""
+    deadline = time.monotonic() + timeout
+    while (found := check(prometheus)) and time.monotonic() < deadline:
+        time.sleep(3)
+    return found
+
+
+def test_every_metric_of_every_dashboard_and_alert_has_series(traffic, prometheus) -> None:
+    missing = settled(metrics_without_series, prometheus)
     assert not missing, "no series in Prometheus after traffic:\n" + "\n".join(missing)
 
 
 def test_every_dashboard_panel_shows_data_after_traffic(traffic, prometheus) -> None:
-    empty = [f"  {source}\n    {expr}" for source, expr in dashboard_expressions()
-             if not metric_names_in_promql(expr) & NO_DATA_EXPECTED.keys() and not result(prometheus, expr)]
+    empty = settled(panels_without_data, prometheus)
     assert not empty, "dashboard queries that show no data after traffic:\n" + "\n".join(empty)
 
 
