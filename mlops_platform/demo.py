@@ -55,6 +55,18 @@ def wait_for_model(settings: Settings, version: str, timeout: float = 120.0) -> 
     raise RuntimeError(f"the serving API did not load model version {version} within {timeout:.0f}s: {answer}")
 
 
+def run_dag(airflow, settings, dag_id: str, timeout: float) -> str | None:
+    """Trigger a run of `dag_id` and wait for it: its run id when it succeeded, else None after saying
+    where to look."""
+    run_id = airflow.trigger(dag_id, note="bash run.sh demo")
+    state = airflow.wait(dag_id, run_id, timeout=timeout)
+    if state == "success":
+        return run_id
+    print(f"error: {dag_id} run {run_id} {state}; see {settings.airflow_url}/dags/{dag_id} and the task's log",
+          file=sys.stderr)
+    return None
+
+
 def main() -> int:
     from data_pipeline.generate import generate
     from data_pipeline.ingest import ingest_landing
@@ -82,18 +94,18 @@ def main() -> int:
     done(started, f"{report.rows_written:,} drivers written online")
 
     started = step("Train through Airflow: DAG `training` (cross-validation, registry, champion/challenger)")
-    run_id = airflow.trigger("training", note="bash run.sh demo")
-    state = airflow.wait("training", run_id, timeout=1200)
-    if state != "success":
-        print(f"error: the training run {run_id} {state}; see {settings.airflow_url}/dags/training", file=sys.stderr)
+    run_id = run_dag(airflow, settings, "training", timeout=1200)
+    if run_id is None:
         return 1
     champion = champion_version(settings.model_name)
     version = getattr(champion, "version", champion)
-    done(started, f"run {run_id}: {state}; {settings.model_name}@{settings.model_alias} is version {version}")
+    done(started, f"run {run_id}: success; {settings.model_name}@{settings.model_alias} is version {version}")
 
     started = step("Batch scoring through Airflow: DAG `batch_serving`")
-    run_id = airflow.trigger("batch_serving", note="bash run.sh demo")
-    done(started, f"run {run_id}: {airflow.wait('batch_serving', run_id, timeout=600)}")
+    run_id = run_dag(airflow, settings, "batch_serving", timeout=600)
+    if run_id is None:
+        return 1
+    done(started, f"run {run_id}: success")
 
     started = step("Online API: rank five candidate drivers for a booking")
     wait_for_model(settings, str(version))

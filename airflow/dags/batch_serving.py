@@ -28,13 +28,16 @@ with DAG(
 ):
 
     @task
-    def score_active_drivers(data_interval_end=None, run_id=None) -> dict:
+    def score_active_drivers(data_interval_end=None, run_id=None, dag_run=None) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
         from model_serving.batch import NoChampion, run_batch
 
+        # A run triggered without a logical date (the UI's and the REST API's default) has no data
+        # interval: it scores as of the moment it was triggered, the same moment on every retry.
+        at = data_interval_end or dag_run.run_after
         try:
-            return run_batch(data_interval_end, run_id).as_dict()
+            return run_batch(at, run_id).as_dict()
         except NoChampion as error:  # retrying cannot create a champion
             raise AirflowFailException(str(error)) from error
 

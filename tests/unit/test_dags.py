@@ -58,3 +58,20 @@ def test_batch_serving_is_daily_by_data_interval_and_retries(dagbag):
     assert not batch.catchup and batch.max_active_runs == 1
     assert [t.task_id for t in batch.tasks] == ["score_active_drivers"]
     assert all(t.retries >= 1 for t in batch.tasks)
+
+
+def test_a_batch_run_triggered_without_a_logical_date_scores_as_of_its_trigger_time(dagbag, monkeypatch):
+    """The UI and the REST API trigger runs without a logical date, hence without a data interval."""
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    import model_serving.batch
+
+    calls = []
+    monkeypatch.setattr(model_serving.batch, "run_batch",
+                        lambda at, run_id: calls.append((at, run_id)) or SimpleNamespace(as_dict=dict))
+    callable_ = dagbag.dags["batch_serving"].get_task("score_active_drivers").python_callable
+    triggered, interval_end = datetime(2026, 11, 22, 9, 26, tzinfo=UTC), datetime(2026, 11, 22, tzinfo=UTC)
+    callable_(data_interval_end=None, run_id="manual", dag_run=SimpleNamespace(run_after=triggered))
+    callable_(data_interval_end=interval_end, run_id="scheduled", dag_run=SimpleNamespace(run_after=triggered))
+    assert calls == [(triggered, "manual"), (interval_end, "scheduled")]
