@@ -356,25 +356,32 @@ def consumer_health(settings: Settings) -> str:
     return f"ready, {consumed:.0f} messages consumed, lag {values.get('driver_stats_consumer_lag', 0.0):.0f}"
 
 
-def main() -> int:
+def run_as_service(service: str, consumer_class: type[StreamConsumer], metrics, port: int, metrics_url: str,
+                   service_log: logging.Logger) -> int:
+    """A consumer built on this loop as a service: JSON logs, /metrics on `port`, the loop until a
+    signal, then a clean stop (the batch in flight is abandoned uncommitted, the group left)."""
     from prometheus_client import start_http_server
 
     settings = get_settings()
-    configure_logging(SERVICE, settings.log_level)
+    configure_logging(service, settings.log_level)
     logging.getLogger("kafka").setLevel(logging.WARNING)
-    stop = stop_on_signals(log)
-
-    metrics = ConsumerMetrics()
-    server, _thread = start_http_server(settings.stream_consumer_port, addr=settings.listen_address)
-    log.info("metrics served", extra={"url": f"{settings.stream_consumer_url}/metrics"})
-    consumer = StreamConsumer(settings, metrics, stop)
+    stop = stop_on_signals(service_log)
+    server, _thread = start_http_server(port, addr=settings.listen_address)
+    service_log.info("metrics served", extra={"url": metrics_url})
+    consumer = consumer_class(settings, metrics, stop)
     try:
         consumer.run()
     finally:
         consumer.close()
         server.shutdown()
-    log.info("stopped cleanly", extra={"exit_code": 0})
+    service_log.info("stopped cleanly", extra={"exit_code": 0})
     return 0
+
+
+def main() -> int:
+    settings = get_settings()
+    return run_as_service(SERVICE, StreamConsumer, ConsumerMetrics(), settings.stream_consumer_port,
+                          f"{settings.stream_consumer_url}/metrics", log)
 
 
 if __name__ == "__main__":

@@ -27,11 +27,11 @@ from data_pipeline import stream_topics
 from data_pipeline.stream_consumer import (
     StageFailed,
     StreamConsumer,
+    run_as_service,
 )
 from data_pipeline.stream_messages import Rejection, dead_letter
 from data_pipeline.stream_writers import PostgresBatchWriter
 from mlops_platform.health import require_ready, scrape_metrics
-from mlops_platform.logs import configure_logging, stop_on_signals
 from mlops_platform.settings import Settings, get_settings
 from model_serving.prediction_logger_metrics import CONSUMED, LAG, READY, LoggerMetrics
 from model_serving.prediction_messages import (
@@ -219,24 +219,10 @@ def logger_health(settings: Settings) -> str:
 
 
 def main() -> int:
-    from prometheus_client import start_http_server
-
     settings = get_settings()
-    configure_logging(SERVICE, settings.log_level)
-    logging.getLogger("kafka").setLevel(logging.WARNING)
-    stop = stop_on_signals(log)
-
-    metrics = LoggerMetrics(topics=(settings.predictions_topic, settings.ground_truth_topic))
-    server, _thread = start_http_server(settings.prediction_logger_port, addr=settings.listen_address)
-    log.info("metrics served", extra={"url": f"{settings.prediction_logger_url}/metrics"})
-    logger = PredictionLogger(settings, metrics, stop)
-    try:
-        logger.run()
-    finally:
-        logger.close()
-        server.shutdown()
-    log.info("stopped cleanly", extra={"exit_code": 0})
-    return 0
+    return run_as_service(SERVICE, PredictionLogger,
+                          LoggerMetrics(topics=(settings.predictions_topic, settings.ground_truth_topic)),
+                          settings.prediction_logger_port, f"{settings.prediction_logger_url}/metrics", log)
 
 
 if __name__ == "__main__":

@@ -8,31 +8,14 @@ import sys
 
 import pytest
 
-from mlops_platform.services import airflow_env
-from mlops_platform.settings import REPO_ROOT, load_settings
+from mlops_platform.settings import REPO_ROOT
 from training_pipeline.config import TrainingConfig
 
 
 @pytest.fixture(scope="module")
-def dag(tmp_path_factory):
-    settings = load_settings({**os.environ, "PLATFORM_HOME": str(tmp_path_factory.mktemp("airflow-home")),
-                              "POSTGRES_PASSWORD": "x", "REDIS_PASSWORD": "x", "AIRFLOW_ADMIN_PASSWORD": "x",
-                              "AIRFLOW_FERNET_KEY": "x", "AIRFLOW_SECRET_KEY": "x"})
-    env = airflow_env(settings)
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    try:
-        from airflow.dag_processing.dagbag import DagBag
-
-        bag = DagBag(dag_folder=os.path.join(env["AIRFLOW__CORE__DAGS_FOLDER"], "training.py"))
-        assert bag.import_errors == {}
-        yield bag.dags["training"]
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+def dag(dagbag):
+    assert dagbag.import_errors == {}
+    return dagbag.dags["training"]
 
 
 def test_parsing_the_dag_loads_no_step_feast_or_mlflow_and_reads_no_settings():
