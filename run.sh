@@ -25,17 +25,21 @@ Platform
       restart  down then up (data kept)
       status   table of service, stack, mode, URL and health
       logs     last lines of each service's log; --follow keeps following
-  bash run.sh setup       install what local mode needs (venv from uv.lock, Debian packages, Kafka jars)
+  bash run.sh setup [--mode docker]
+                          local: install what local mode needs (venv from uv.lock, Debian packages, Kafka jars)
+                          docker: also install and start a Docker engine and the compose plugin when missing
   bash run.sh demo        the whole story: up, land and ingest data, materialize, train and register,
                           batch-score, serve, send a real request, print the ranked answer and every URL
+  bash run.sh urls        every URL with its login (from .env) and the serving API's token
   bash run.sh scenario --drifted|--normal [--requests N] [--rate R]
                           bookings through the running API, drifted or not, to watch the dashboards,
                           alerts and retraining trigger react
 
 Development
-  bash run.sh test [unit|services|all] [pytest args]   run the tests (default: all), starting services itself
+  bash run.sh test [unit|services|docker|all] [pytest args]
+                          run the tests (default: all = unit, services, then docker), starting services itself
   bash run.sh lint        static checks (ruff, shell syntax)
-  bash run.sh build       build the platform's images (docker mode)
+  bash run.sh build       build the platform's images (docker mode; makes the base image when no registry gives it)
   bash run.sh deploy      apply the feature repo, publish the DAGs, roll the serving API onto this checkout
 
 Mode: docker when \`docker info\` answers, else local. --mode or PLATFORM_MODE forces one.
@@ -101,19 +105,34 @@ env_value() {  # env_value KEY DEFAULT: environment first, then .env
 # Mode
 # ---------------------------------------------------------------------------------------------
 MODE_FLAG=""
+docker_answers() {
+  # `docker info` within 5 s, without coreutils' `timeout` (macOS has none): a hung engine is no engine.
+  command -v docker >/dev/null 2>&1 || return 1
+  docker info >/dev/null 2>&1 &
+  local pid=$! tenths=0
+  while kill -0 "$pid" 2>/dev/null; do
+    if (( tenths >= 50 )); then kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; return 1; fi
+    sleep 0.1; tenths=$((tenths + 1))
+  done
+  wait "$pid"
+}
+
 resolve_mode() {
   local wanted="${MODE_FLAG:-$(env_value PLATFORM_MODE auto)}" source="PLATFORM_MODE"
   [[ -n "$MODE_FLAG" ]] && source="--mode"
   case "$wanted" in
     local|docker) MODE="$wanted"; MODE_WHY="forced by $source" ;;
     auto)
-      if command -v docker >/dev/null 2>&1 && timeout 5 docker info >/dev/null 2>&1; then
+      if docker_answers; then
         MODE=docker; MODE_WHY="\`docker info\` answers"
       else
         MODE=local; MODE_WHY="no Docker engine answers \`docker info\`"
       fi ;;
     *) die "unknown mode '$wanted' (expected local, docker or auto)" ;;
   esac
+  # Every process started from here on sees the mode that was picked, not `auto` again: settings
+  # that depend on it (the serving API's auth, for one) agree between the client and the server.
+  export PLATFORM_MODE="$MODE"
   echo "mode: $MODE ($MODE_WHY)"
 }
 
@@ -175,9 +194,62 @@ setup_kafka_jars() {
   cp "$ROOT/platform/kafka/pom.xml" "$stamp"
 }
 
+COMPOSE_VERSION="v2.40.3"
+COMPOSE_PLUGIN_DIR="/usr/local/lib/docker/cli-plugins"
+
+setup_docker_engine() {
+  # An engine and compose v2 where there are none: Debian's docker.io, the compose plugin built from
+  # the Go module proxy (it is no bookworm package). As non-root, print the commands instead.
+  local root=1
+  [[ "$(id -u)" -eq 0 ]] || root=0
+  if ! command -v dockerd >/dev/null 2>&1 && ! docker_answers; then
+    if (( !root )); then
+      die "no Docker engine here. Install and start one, then run this again:
+    sudo apt-get update && sudo apt-get install -y docker.io && sudo systemctl start docker   # or: sudo dockerd &"
+    fi
+    log "installing Debian's Docker engine (docker.io)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io debootstrap >/dev/null
+  fi
+  if ! docker_answers; then
+    (( root )) || die "the Docker engine does not answer. Start it: sudo systemctl start docker   # or: sudo dockerd &"
+    log "starting dockerd (log: $TOOLS_DIR/dockerd.log)"
+    mkdir -p "$TOOLS_DIR"
+    nohup dockerd >"$TOOLS_DIR/dockerd.log" 2>&1 &
+    local tries=0
+    until docker_answers; do
+      (( tries++ < 60 )) || die "dockerd did not answer within 60 s; see $TOOLS_DIR/dockerd.log"
+      sleep 1
+    done
+  fi
+  if ! docker compose version >/dev/null 2>&1; then
+    (( root )) || die "the docker compose v2 plugin is missing. Install it (Docker's docker-compose-plugin package),
+    or as root run \`bash run.sh setup --mode docker\`, which builds it from source with Go."
+    command -v go >/dev/null 2>&1 || die "the compose plugin is missing and Go is needed to build it: install Go 1.24+"
+    log "building the docker compose plugin $COMPOSE_VERSION with Go (about 3 minutes)"
+    local src
+    src="$(go mod download -json "github.com/docker/compose/v2@$COMPOSE_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+    local work="$TOOLS_DIR/compose-src"
+    rm -rf "$work" && mkdir -p "$TOOLS_DIR" && cp -r "$src" "$work" && chmod -R u+w "$work"
+    (cd "$work" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X github.com/docker/compose/v2/internal.Version=$COMPOSE_VERSION" \
+       -o "$COMPOSE_PLUGIN_DIR/docker-compose" ./cmd)
+    rm -rf "$work"
+  fi
+  if ! command -v debootstrap >/dev/null 2>&1 && (( root )); then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
+  fi
+  log "docker: $(docker version --format 'engine {{.Server.Version}}' 2>/dev/null), $(docker compose version --short 2>/dev/null | sed 's/^/compose /')"
+}
+
 cmd_setup() {
   local started=$SECONDS
   ensure_env_file
+  if [[ "${MODE_FLAG:-}" == docker ]]; then
+    # Docker mode needs an engine, compose and python3 on the host; the images bring the rest.
+    setup_docker_engine
+    log "setup done in $((SECONDS - started))s"
+    return 0
+  fi
   setup_debian_packages
   setup_uv
   setup_venv
@@ -188,31 +260,26 @@ cmd_setup() {
 # ---------------------------------------------------------------------------------------------
 # Stacks
 # ---------------------------------------------------------------------------------------------
-compose() { docker compose --env-file "$ROOT/.env" -f "$ROOT/docker-compose.yml" "$@"; }
+compose_env() {
+  # The build secret's CA bundle: BUILD_CA_BUNDLE, else the host's system bundle (mlops_platform/docker_mode.py).
+  if [[ -z "${BUILD_CA_BUNDLE:-}" ]]; then
+    BUILD_CA_BUNDLE="$(env_value BUILD_CA_BUNDLE "")"
+    [[ -n "$BUILD_CA_BUNDLE" ]] || { [[ -f /etc/ssl/certs/ca-certificates.crt ]] && BUILD_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt; } \
+      || BUILD_CA_BUNDLE="$ROOT/platform/docker/no-extra-ca.pem"
+    export BUILD_CA_BUNDLE
+  fi
+}
+compose() { compose_env; docker compose --env-file "$ROOT/.env" -f "$ROOT/docker-compose.yml" "$@"; }
+
+require_docker() {
+  docker_answers || die "docker mode, but no Docker engine answers \`docker info\`: run \`bash run.sh setup --mode docker\`"
+  docker compose version >/dev/null 2>&1 || die "docker mode needs the compose v2 plugin: run \`bash run.sh setup --mode docker\`"
+  command -v python3 >/dev/null 2>&1 || die "docker mode needs python3 on the host"
+}
 
 stack_docker() {
-  local stack="$1" verb="$2"; shift 2
-  local profiles=()
-  if [[ "$stack" == all ]]; then
-    for s in $STACKS; do profiles+=(--profile "$s"); done
-  else
-    profiles=(--profile "$stack")
-  fi
-  case "$verb" in
-    up)
-      # `--wait` fails on a one-shot (init) container that nothing waits for, so start everything,
-      # then wait for the long-running services only.
-      compose "${profiles[@]}" up -d --build
-      local long_running
-      long_running="$(compose "${profiles[@]}" config --format json | python3 -c \
-        'import json, sys; print(" ".join(n for n, s in json.load(sys.stdin)["services"].items() if s.get("restart") != "no"))')"
-      # shellcheck disable=SC2086
-      compose "${profiles[@]}" up -d --wait $long_running ;;
-    down) compose "${profiles[@]}" down --remove-orphans "$@" ;;
-    restart) compose "${profiles[@]}" down --remove-orphans && compose "${profiles[@]}" up -d --wait ;;
-    status) compose "${profiles[@]}" ps --format 'table {{.Service}}\t{{.State}}\t{{.Health}}\t{{.Ports}}' ;;
-    logs) compose "${profiles[@]}" logs --tail 200 "$@" ;;
-  esac
+  require_docker
+  python3 -m mlops_platform.docker_mode "$@"
 }
 
 cmd_stack() {
@@ -240,15 +307,32 @@ cmd_stack() {
 # ---------------------------------------------------------------------------------------------
 cmd_test() {
   local suite="all"
-  if [[ $# -gt 0 && "$1" =~ ^(unit|services|all)$ ]]; then suite="$1"; shift; fi
+  if [[ $# -gt 0 && "$1" =~ ^(unit|services|docker|all)$ ]]; then suite="$1"; shift; fi
   cmd_setup
-  local marker=()
   case "$suite" in
-    unit) marker=(-m "not services") ;;
-    services) marker=(-m "services") ;;
+    unit) log "running the unit tests"; "$VENV_PY" -m pytest -m "not services and not docker" "$@" ;;
+    services) log "running the service tests"; "$VENV_PY" -m pytest -m "services" "$@" ;;
+    docker) test_docker "$@" ;;
+    all)
+      log "running the unit and service tests"
+      "$VENV_PY" -m pytest -m "not docker" "$@"
+      test_docker "$@" ;;
   esac
-  log "running the $suite tests"
-  "$VENV_PY" -m pytest "${marker[@]}" "$@"
+}
+
+test_docker() {
+  # The docker suite runs the platform in containers: it needs an engine, which setup starts as root.
+  if ! (MODE_FLAG=docker setup_docker_engine); then
+    echo "SKIPPED docker suite: no Docker engine can be started here (see above); run as root or start one"
+    return 0
+  fi
+  if ! command -v chromium >/dev/null 2>&1 && [[ "$(id -u)" -eq 0 ]]; then
+    log "installing Debian's chromium for the browser check"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null \
+      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+  fi
+  log "running the docker tests"
+  "$VENV_PY" -m pytest -m docker -p no:cacheprovider "$@" tests/docker
 }
 
 cmd_lint() {
@@ -263,14 +347,16 @@ cmd_build() {
   ensure_env_file
   resolve_mode
   [[ "$MODE" == docker ]] || die "building images needs a Docker engine (docker mode); local mode runs the same code from .venv"
-  compose --profile '*' build
+  require_docker
+  python3 -m mlops_platform.docker_mode all build
 }
 
 cmd_deploy() {
   ensure_env_file
   resolve_mode
   if [[ "$MODE" == docker ]]; then
-    compose --profile '*' build
+    require_docker
+    python3 -m mlops_platform.docker_mode all build
     compose --profile feast run --rm feast-init
     # Recreated from the new image, the Airflow containers read the new DAGs.
     compose --profile airflow up -d --wait airflow-api-server airflow-scheduler airflow-dag-processor airflow-triggerer
@@ -296,8 +382,19 @@ cmd_scenario() {
 
 cmd_demo() {
   cmd_stack all up "$@"
-  [[ -x "$VENV_PY" ]] || cmd_setup
-  "$VENV_PY" -m mlops_platform.demo
+  if [[ "$MODE" == docker ]]; then
+    # The demo's driver runs in a container on the platform's network: the host needs no toolchain.
+    compose --profile demo run --rm --no-deps demo
+    python3 -m mlops_platform.docker_mode urls
+  else
+    [[ -x "$VENV_PY" ]] || cmd_setup
+    "$VENV_PY" -m mlops_platform.demo
+  fi
+}
+
+cmd_urls() {
+  ensure_env_file
+  python3 -m mlops_platform.docker_mode urls
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -315,6 +412,7 @@ main() {
   case "$1" in
     help|-h|--help) usage ;;
     setup) cmd_setup ;;
+    urls) cmd_urls ;;
     test) shift; cmd_test "$@" ;;
     lint) cmd_lint ;;
     build) cmd_build ;;

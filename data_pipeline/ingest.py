@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -327,6 +327,26 @@ def ingest_landing(dataset: str = "all", settings: Settings | None = None, max_i
     settings = settings or get_settings()
     files = [(name, path) for name in _datasets(dataset) for _, path in landed_files(settings.landing_dir, name)]
     return ingest_files(files, settings, max_invalid_share, window=window, raise_on_rejected=raise_on_rejected)
+
+
+def ingest_scope(scope: str, start: datetime | None, end: datetime | None, dataset: str,
+                 settings: Settings | None = None) -> tuple[IngestionBatch, datetime, datetime]:
+    """An Airflow run's ingestion: its interval, or (scope "all") every landed file not loaded yet.
+    Returns the batch and the window of partition days it covered, for materialization downstream.
+    A run triggered without a logical date has no interval: it covers the day before it."""
+    if scope not in ("interval", "all"):
+        raise ValueError(f"scope must be 'interval' or 'all', got {scope!r}")
+    if start is None or end is None:
+        today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        start, end = today - timedelta(days=1), today
+    if scope == "interval":
+        return ingest_interval(start, end, dataset, settings), start, end
+    settings = settings or get_settings()
+    days = [day for day, _ in landed_files(settings.landing_dir, dataset)]
+    if days:
+        start = min(start, datetime(days[0].year, days[0].month, days[0].day, tzinfo=UTC))
+        end = max(end, datetime(days[-1].year, days[-1].month, days[-1].day, tzinfo=UTC) + timedelta(days=1))
+    return ingest_landing(dataset, settings), start, end
 
 
 # ---------------------------------------------------------------------------------------------

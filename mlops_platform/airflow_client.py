@@ -86,3 +86,8 @@ class AirflowClient:
     def runs(self, dag_id: str, state: str | None = None, limit: int = 100) -> list[dict]:
         query = f"?limit={limit}&order_by=-start_date" + (f"&state={state}" if state else "")
         return self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns{query}")["dag_runs"]
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value"):
+        """What a task of a run returned (its XCom), e.g. an ingestion's row counts."""
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}"
+        return self.request("GET", path)["value"]

@@ -1,9 +1,11 @@
 """`bash run.sh demo`: the whole story on a running platform, printed as it happens.
 
-raw files land -> validated offline store -> Feast online store -> training DAG (cross-validation,
-registry, champion) -> batch scoring DAG -> online API ranks drivers -> predictions and outcomes
-logged -> where to look. Every step goes through the platform's own code paths: the Airflow runs
-are real runs (see them in the UI), the API answers real HTTP requests.
+raw files land -> data_ingestion DAG (validated offline store) -> feature_materialization DAG (Feast
+online store) -> training DAG (cross-validation, registry, champion) -> batch scoring DAG -> online API
+ranks drivers -> predictions and outcomes logged -> where to look. Every step goes through the
+platform's own code paths: the Airflow runs are real runs (see them in the UI), the API answers real
+HTTP requests. In docker mode it runs in a container of the platform (`compose run demo`), writing
+the raw files to the landing volume that the Airflow tasks read.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from datetime import UTC, date, datetime, timedelta
+from datetime import date
 
 from mlops_platform.settings import Settings, get_settings
 
@@ -55,10 +57,10 @@ def wait_for_model(settings: Settings, version: str, timeout: float = 120.0) -> 
     raise RuntimeError(f"the serving API did not load model version {version} within {timeout:.0f}s: {answer}")
 
 
-def run_dag(airflow, settings, dag_id: str, timeout: float) -> str | None:
+def run_dag(airflow, settings, dag_id: str, timeout: float, conf: dict | None = None) -> str | None:
     """Trigger a run of `dag_id` and wait for it: its run id when it succeeded, else None after saying
     where to look."""
-    run_id = airflow.trigger(dag_id, note="bash run.sh demo")
+    run_id = airflow.trigger(dag_id, conf=conf, note="bash run.sh demo")
     state = airflow.wait(dag_id, run_id, timeout=timeout)
     if state == "success":
         return run_id
@@ -69,8 +71,6 @@ def run_dag(airflow, settings, dag_id: str, timeout: float) -> str | None:
 
 def main() -> int:
     from data_pipeline.generate import generate
-    from data_pipeline.ingest import ingest_landing
-    from data_pipeline.materialize import materialize_interval
     from mlops_platform.airflow_client import AirflowClient
     from training_pipeline.registry import champion_version
 
@@ -83,15 +83,21 @@ def main() -> int:
     planted = sum(len(d.planted) for d in summary.datasets.values())
     done(started, f"{sum(d.rows_written for d in summary.datasets.values()):,} rows, {planted} planted bad rows")
 
-    started = step("Ingest: validate, load the offline store, quarantine bad rows")
-    totals = ingest_landing(settings=settings).totals()
-    done(started, f"{totals['rows_loaded']:,} rows loaded, {totals['rows_quarantined']} quarantined, "
-                  f"{totals['files_skipped']} files already loaded before")
+    started = step("Ingest through Airflow: DAG `data_ingestion` (validate, load the offline store, quarantine)")
+    run_id = run_dag(airflow, settings, "data_ingestion", timeout=600, conf={"scope": "all"})
+    if run_id is None:
+        return 1
+    totals = [airflow.xcom("data_ingestion", run_id, task) for task in ("ingest_driver_stats", "ingest_orders")]
+    done(started, f"run {run_id}: {sum(t['rows_loaded'] for t in totals):,} rows loaded, "
+                  f"{sum(t['rows_quarantined'] for t in totals)} quarantined, "
+                  f"{sum(t['files_skipped'] for t in totals)} files already loaded before")
 
-    started = step("Materialize the newest features of each driver into Redis")
-    now = datetime.now(UTC)
-    report = materialize_interval(now - timedelta(days=3), now, settings)
-    done(started, f"{report.rows_written:,} drivers written online")
+    started = step("Materialize through Airflow: DAG `feature_materialization` (newest features -> Redis)")
+    run_id = run_dag(airflow, settings, "feature_materialization", timeout=600, conf={"lookback_hours": 72})
+    if run_id is None:
+        return 1
+    report = airflow.xcom("feature_materialization", run_id, "materialize")
+    done(started, f"run {run_id}: {report['rows_written']:,} drivers written online")
 
     started = step("Train through Airflow: DAG `training` (cross-validation, registry, champion/challenger)")
     run_id = run_dag(airflow, settings, "training", timeout=1200)
@@ -123,6 +129,8 @@ def main() -> int:
     status, _ = api(settings, "/feedback", {"request_id": answer["request_id"], "driver_id": best, "trip_completed": 1})
     done(started, f"outcome of the booking sent to /feedback: {status}")
 
+    if settings.mode == "docker":
+        return 0  # run.sh prints the URLs as the host sees them (`bash run.sh urls`)
     print(f"""
 ==> Where to look
     Airflow      {settings.airflow_url}   (user {settings.airflow_admin_user}, password: AIRFLOW_ADMIN_PASSWORD, .env)

@@ -157,6 +157,8 @@ def python_command(name: str, settings: Settings) -> Command:
         artifacts = data_dir(settings, "mlflow-artifacts")
         artifacts.mkdir(parents=True, exist_ok=True)
         data_dir(settings, "mlflow-metrics").mkdir(parents=True, exist_ok=True)
+        # Any port: in docker mode the host reaches MLflow through its published port, which can differ
+        # from the port it listens on in its container.
         allowed = sorted({settings.mlflow_host, "127.0.0.1", "localhost", "mlflow"})
         return Command(
             [py, "-m", "mlflow", "server",
@@ -165,7 +167,7 @@ def python_command(name: str, settings: Settings) -> Command:
              "--host", settings.listen_address, "--port", str(settings.mlflow_port),
              "--workers", str(settings.mlflow_workers),
              "--expose-prometheus", str(data_dir(settings, "mlflow-metrics")),
-             "--allowed-hosts", ",".join([*allowed, *(f"{h}:{settings.mlflow_port}" for h in allowed)])],
+             "--allowed-hosts", ",".join([*allowed, *(f"{h}:*" for h in allowed)])],
             {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
     if name == "airflow-init":

@@ -2,7 +2,8 @@
 
 One run per data interval (a day). Re-running an interval adds nothing, so catch-up and backfills
 are safe. When driver stats were loaded it updates the `driver_hourly_stats` asset, which starts
-feature_materialization.
+feature_materialization. Triggered with `{"scope": "all"}`, a run takes every landed file not loaded
+yet, whatever its day (what the demo does after landing three weeks at once).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import DAG, Asset, task
+from airflow.sdk import DAG, Asset, Param, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from data_pipeline.offline_store import STATS_ASSET_URI
@@ -25,26 +26,27 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
+    params={"scope": Param("interval", enum=["interval", "all"],
+                           description="interval: the files of the run's day; all: every landed file not loaded yet")},
     tags=["data"],
     doc_md=__doc__,
 ):
 
     @task(outlets=[DRIVER_STATS_ASSET])
-    def ingest_driver_stats(data_interval_start=None, data_interval_end=None, outlet_events=None) -> dict:
-        from data_pipeline.ingest import ingest_interval
+    def ingest_driver_stats(data_interval_start=None, data_interval_end=None, outlet_events=None,
+                            params=None) -> dict:
+        from data_pipeline.ingest import ingest_scope
 
-        batch = ingest_interval(data_interval_start, data_interval_end, dataset="driver_stats")
-        outlet_events[DRIVER_STATS_ASSET].extra = {
-            "interval_start": data_interval_start.isoformat(),
-            "interval_end": data_interval_end.isoformat(),
-        }
+        batch, start, end = ingest_scope(params["scope"], data_interval_start, data_interval_end, "driver_stats")
+        outlet_events[DRIVER_STATS_ASSET].extra = {"interval_start": start.isoformat(), "interval_end": end.isoformat()}
         return batch.totals("driver_stats")
 
     @task
-    def ingest_orders(data_interval_start=None, data_interval_end=None) -> dict:
-        from data_pipeline.ingest import ingest_interval
+    def ingest_orders(data_interval_start=None, data_interval_end=None, params=None) -> dict:
+        from data_pipeline.ingest import ingest_scope
 
-        return ingest_interval(data_interval_start, data_interval_end, dataset="orders").totals("orders")
+        batch, _, _ = ingest_scope(params["scope"], data_interval_start, data_interval_end, "orders")
+        return batch.totals("orders")
 
     ingest_driver_stats()
     ingest_orders()

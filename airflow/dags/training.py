@@ -23,9 +23,11 @@ WEEKLY = "0 3 * * 1"
 with DAG(
     dag_id="training",
     # Weekly: the stats drift slowly, and a week adds enough labels to change the model. Mondays 03:00,
-    # a quiet hour; unpausing waits for the next one instead of starting the missed one at once (no start
-    # date, run_immediately off), so a run triggered by hand or by monitoring is the only one.
-    schedule=CronTriggerTimetable(WEEKLY, timezone="UTC", run_immediately=False),
+    # a quiet hour; unpausing waits for the next one instead of starting the missed one at once, so a run
+    # triggered by hand or by monitoring is the only one. No start date, and run_immediately a zero
+    # timedelta: Airflow treats run_immediately=False like None, which starts the missed run when the
+    # DAG is unpaused within a tenth of the period after it (Mondays until 19:48).
+    schedule=CronTriggerTimetable(WEEKLY, timezone="UTC", run_immediately=timedelta(0)),
     catchup=False,
     max_active_runs=1,  # aliases move one run at a time
     default_args={"retries": 1, "retry_delay": timedelta(seconds=30)},

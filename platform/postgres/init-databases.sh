@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates the platform's databases (FEAST_DB, MLFLOW_DB, AIRFLOW_DB), owned by POSTGRES_USER.
-# The postgres image runs this from /docker-entrypoint-initdb.d once, when the data volume is empty;
+# The platform's PostgreSQL image runs it once, on the first start of an empty data volume;
 # it is idempotent all the same, so running it by hand against a live server is safe.
 set -euo pipefail
 

@@ -254,7 +254,7 @@ def test_setup_services_run_the_scripts_in_order() -> None:
     assert services["filebeat"]["depends_on"]["elk-setup"]["condition"] == "service_completed_successfully"
     assert services["kibana"]["depends_on"]["elk-setup"]["condition"] == "service_completed_successfully"
     for image in (services["elasticsearch"]["image"], services["kibana"]["image"], services["filebeat"]["image"]):
-        assert re.search(r":8\.\d+\.\d+$", image), f"{image} is not a pinned 8.x image"
+        assert re.search(r":9\.\d+\.\d+$", image), f"{image} is not a pinned, maintained 9.x image"
     assert services["elasticsearch"]["environment"]["xpack.security.enabled"] == "true"
 
 

@@ -22,7 +22,7 @@ PIPELINE = [  # stage name -> its one step, in order
     ("Unit tests", "bash run.sh test unit"),
     ("Service tests", "bash run.sh test services"),
     ("Build images", "bash run.sh build"),
-    ("Deploy", "bash run.sh deploy"),
+    ("Deploy", "bash run.sh deploy --mode docker"),
 ]
 
 
@@ -114,6 +114,15 @@ def test_jenkinsfile_runs_the_stages_in_order_each_with_its_run_sh_verb() -> Non
     for (name, step), start, end in zip(PIPELINE, bounds, bounds[1:], strict=False):
         steps = re.findall(r"\bsh\s+'([^']+)'", text[start:end])
         assert steps == [step], f"stage {name!r} must run exactly `{step}`, runs {steps}"
+
+
+def test_deploy_reaches_the_compose_platform_or_says_it_deployed_nothing() -> None:
+    # Local mode inside the Jenkins container would start a second platform there, on Jenkins's own port.
+    text = JENKINSFILE.read_text()
+    deploy = text[text.index("stage('Deploy')"):]
+    assert "fileExists('/var/run/docker.sock')" in deploy and "--mode docker" in deploy
+    assert re.search(r"echo '[^']*nothing was deployed", deploy), "without an engine the stage must say so"
+    assert "bash run.sh deploy'" not in deploy, "a deploy without --mode docker would run local mode in Jenkins"
 
 
 def test_run_sh_has_every_verb_the_pipeline_calls() -> None:

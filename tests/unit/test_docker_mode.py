@@ -1,0 +1,144 @@
+"""Docker-mode control without an engine: ownership of services, what `down` keeps, which images are
+pulled, the mode reaching every process run.sh starts, and MLflow's allowed hosts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlops_platform import docker_mode
+from mlops_platform.services import BY_NAME, python_command
+from mlops_platform.settings import load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def project() -> dict[str, docker_mode.ComposeService]:
+    """The compose file as `docker compose config` would give it, near enough for these checks."""
+    raw = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = {}
+    for name, spec in raw["services"].items():
+        volumes = [{"type": "volume", "source": v.split(":")[0]} for v in spec.get("volumes", [])
+                   if isinstance(v, str) and not v.startswith(".")]
+        services[name] = {**spec, "volumes": volumes,
+                          "depends_on": spec.get("depends_on", {}) if isinstance(spec.get("depends_on"), dict)
+                          else {d: {} for d in spec.get("depends_on", [])}}
+        if isinstance(spec.get("build"), dict):
+            context = str(ROOT / spec["build"].get("context", "."))
+            services[name]["build"] = {**spec["build"], "args": {}, "context": context}
+    return docker_mode.load_project({"services": services})
+
+
+def test_a_service_belongs_to_the_stack_local_mode_gives_it(project):
+    for name, service in project.items():
+        known = BY_NAME.get(name) or BY_NAME.get({"feast-init": "feast-apply"}.get(name, ""))
+        if known:
+            assert service.stack == known.stack, f"{name}: compose's first profile {service.stack} != {known.stack}"
+
+
+def test_shared_services_stay_while_another_stack_needs_them(project):
+    # `mlflow down` must not take Airflow's PostgreSQL with it: postgres belongs to feast and airflow needs it.
+    assert project["postgres"].stack == "feast" and project["mlflow"].stack == "mlflow"
+    needed_by_airflow = docker_mode.with_dependencies(project, ["airflow-scheduler"])
+    assert "postgres" in needed_by_airflow and "mlflow" not in needed_by_airflow
+    assert docker_mode.dependents(project, {"elasticsearch"}) >= {"kibana", "filebeat", "elk-setup", "kibana-setup"}
+
+
+def test_images_we_build_need_only_the_base_image_and_the_rest_are_named(project):
+    base = "debian:bookworm-slim"
+    for name in ("postgres", "redis", "kafka", "prometheus", "node-exporter", "mlflow", "serving"):
+        assert docker_mode.external_images(project[name]) == [base], name
+    assert docker_mode.external_images(project["jenkins"])[0].startswith("jenkins/jenkins:")
+    assert docker_mode.external_images(project["grafana"])[0].startswith("grafana/grafana:")
+
+
+def test_dockerfile_bases_skip_stages_and_expand_build_args(tmp_path):
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text("ARG BASE_IMAGE=debian:bookworm-slim\nFROM ${BASE_IMAGE} AS jre\nFROM jre AS jars\n"
+                          "FROM jre\nFROM other/image:1.2\n")
+    assert docker_mode.dockerfile_bases(dockerfile, {}) == ["debian:bookworm-slim", "other/image:1.2"]
+    assert docker_mode.dockerfile_bases(dockerfile, {"BASE_IMAGE": "mirror/debian:12"})[0] == "mirror/debian:12"
+
+
+def test_compose_ps_output_is_read_in_both_formats():
+    line = '{"Service": "redis", "State": "running"}'
+    assert docker_mode.parse_json_lines(f"{line}\n{line}\n")[0]["Service"] == "redis"
+    assert docker_mode.parse_json_lines(f"[{line}]")[0]["State"] == "running"
+    assert docker_mode.parse_json_lines("") == []
+
+
+def test_builds_trust_the_host_ca_bundle_unless_one_is_given(monkeypatch, tmp_path):
+    monkeypatch.delenv("BUILD_CA_BUNDLE", raising=False)
+    monkeypatch.setattr(docker_mode, "ENV_FILE", tmp_path / ".env")
+    expected = "/etc/ssl/certs/ca-certificates.crt" if Path("/etc/ssl/certs/ca-certificates.crt").is_file() \
+        else str(docker_mode.NO_EXTRA_CA)
+    assert docker_mode.compose_env()["BUILD_CA_BUNDLE"] == expected
+    (tmp_path / ".env").write_text("BUILD_CA_BUNDLE=/srv/proxy-ca.pem\n")
+    assert docker_mode.compose_env()["BUILD_CA_BUNDLE"] == "/srv/proxy-ca.pem"
+    monkeypatch.setenv("BUILD_CA_BUNDLE", "/tmp/mine.pem")
+    assert docker_mode.compose_env()["BUILD_CA_BUNDLE"] == "/tmp/mine.pem"
+
+
+def test_mlflow_accepts_the_host_through_any_published_port(tmp_path):
+    from mlflow.server.security_utils import is_allowed_host_header
+
+    settings = load_settings(environ={**os.environ, "PLATFORM_HOME": str(tmp_path), "MLFLOW_HOST": "mlflow",
+                                      "LISTEN_ADDRESS": "0.0.0.0", "MLFLOW_PORT": "5000"})
+    argv = python_command("mlflow", settings).argv
+    allowed = argv[argv.index("--allowed-hosts") + 1].split(",")
+    for host in ("127.0.0.1:15000", "localhost:5000", "mlflow:5000", "127.0.0.1"):
+        assert is_allowed_host_header(allowed, host), host
+    assert not is_allowed_host_header(allowed, "evil.example:5000")
+
+
+def fake_docker(tmp_path: Path) -> dict[str, str]:
+    """A `docker` that answers `info` and records the PLATFORM_MODE each compose call sees."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "modes"
+    (bin_dir / "docker").write_text(f"""#!/bin/sh
+if [ "$1" = compose ]; then
+  echo "${{PLATFORM_MODE:-unset}}" >> {record}
+  case "$*" in *config*) echo '{{"services": {{}}}}' ;; esac
+fi
+exit 0
+""")
+    (bin_dir / "docker").chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(tmp_path), "RECORD": str(record)}
+
+
+def test_the_mode_run_sh_picks_reaches_every_process_it_starts(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PLATFORM_MODE"} | fake_docker(tmp_path)
+    result = subprocess.run(["bash", str(ROOT / "run.sh"), "feast", "status"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert "mode: docker (`docker info` answers)" in result.stdout, result.stdout + result.stderr
+    modes = Path(env["RECORD"]).read_text().split()
+    assert modes and set(modes) == {"docker"}, f"compose ran with PLATFORM_MODE={modes} after auto picked docker"
+
+
+def test_auto_mode_needs_no_timeout_command(tmp_path):
+    # macOS has no coreutils `timeout`: auto mode must decide without it.
+    env = {k: v for k, v in os.environ.items() if k != "PLATFORM_MODE"} | fake_docker(tmp_path)
+    bin_dir = Path(env["PATH"].split(":")[0])
+    (bin_dir / "timeout").write_text("#!/bin/sh\necho 'timeout: command not found' >&2\nexit 127\n")
+    (bin_dir / "timeout").chmod(0o755)
+    result = subprocess.run(["bash", str(ROOT / "run.sh"), "feast", "status"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert "timeout: command not found" not in result.stderr
+    assert "mode: docker (`docker info` answers)" in result.stdout, result.stdout + result.stderr
+
+
+def test_urls_name_every_address_with_its_login_and_the_serving_token(tmp_path):
+    env = {**os.environ, "SERVING_API_TOKEN": "token-123", "GRAFANA_ADMIN_PASSWORD": "g-pass",
+           "JENKINS_ADMIN_PASSWORD": "j-pass", "ELASTIC_PASSWORD": "e-pass", "GRAFANA_PORT": "3333"}
+    out = subprocess.run(["bash", str(ROOT / "run.sh"), "urls"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=60).stdout
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("    ")}
+    assert "http://127.0.0.1:3333" in lines["Grafana"] and "g-pass" in lines["Grafana"]
+    assert "j-pass" in lines["Jenkins"] and "e-pass" in lines["Kibana"]
+    assert "token-123" in lines["Serving"]
