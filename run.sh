@@ -230,7 +230,7 @@ setup_docker_engine() {
     local src
     src="$(go mod download -json "github.com/docker/compose/v2@$COMPOSE_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
     local work="$TOOLS_DIR/compose-src"
-    rm -rf "$work" && mkdir -p "$TOOLS_DIR" && cp -r "$src" "$work" && chmod -R u+w "$work"
+    rm -rf "$work" && mkdir -p "$TOOLS_DIR" "$COMPOSE_PLUGIN_DIR" && cp -r "$src" "$work" && chmod -R u+w "$work"
     (cd "$work" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X github.com/docker/compose/v2/internal.Version=$COMPOSE_VERSION" \
        -o "$COMPOSE_PLUGIN_DIR/docker-compose" ./cmd)
     rm -rf "$work"

@@ -14,6 +14,8 @@ A watchdog replaces the Kafka client when it stops making progress: no partition
 REJOIN_TIMEOUT_SECONDS after a rebalance, or a backlog that nothing was read from for
 STALL_TIMEOUT_SECONDS. kafka-python 3.0 can hang in a rebalance (seen here right after a broker
 restart); a fresh client rejoins, and at-least-once delivery makes the switch lossless.
+
+While its clients close, kafka-python's errors are logged as warnings (`kafka_errors_as_warnings`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import logging
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -56,6 +59,37 @@ class StageFailed(Exception):
     def __init__(self, stage: str, cause: BaseException) -> None:
         super().__init__(f"{stage} write failed: {type(cause).__name__}: {cause}")
         self.stage = stage
+
+
+class _ClosingKafkaClient(logging.Filter):
+    """Turns kafka-python's ERROR records into WARNING ones, keeping the level it chose in `kafka_level`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (record.name == "kafka" or record.name.startswith("kafka.")) and record.levelno > logging.WARNING:
+            record.kafka_level = record.levelname
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+@contextmanager
+def kafka_errors_as_warnings() -> Iterator[None]:
+    """While Kafka clients close, kafka-python's errors are warnings: nothing is committed on close, so
+    none of them loses anything.
+
+    A process starved past its session timeout is dropped from the group before its client notices;
+    stopping it then sends a LeaveGroup that the broker refuses (UnknownMemberIdError), which
+    kafka-python logs at ERROR, as it does requests cancelled by the close and a read racing the close
+    of its socket.
+    """
+    demote = _ClosingKafkaClient()
+    handlers = list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(demote)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(demote)
 
 
 def _rebalance_listener(owner: StreamConsumer):
@@ -157,7 +191,8 @@ class StreamConsumer:
         self.metrics.ready.set(0)
         old, self.consumer = self.consumer, None
         try:
-            old.close(autocommit=False, timeout_ms=5000)
+            with kafka_errors_as_warnings():
+                old.close(autocommit=False, timeout_ms=5000)
         except Exception as exc:  # a stuck client may not close cleanly; it is abandoned either way
             log.warning("old Kafka consumer did not close cleanly", extra={"error": f"{type(exc).__name__}: {exc}"})
         self.connect_until_ready()
@@ -182,10 +217,11 @@ class StreamConsumer:
     def close(self) -> None:
         """Leave the group without committing anything further, then close the writers."""
         self.metrics.ready.set(0)
-        if self.consumer is not None:
-            self.consumer.close(autocommit=False)
-        if self.dlq is not None:
-            self.dlq.close(timeout=DLQ_TIMEOUT_SECONDS)
+        with kafka_errors_as_warnings():
+            if self.consumer is not None:
+                self.consumer.close(autocommit=False)
+            if self.dlq is not None:
+                self.dlq.close(timeout=DLQ_TIMEOUT_SECONDS)
         if self.offline is not None:
             self.offline.close()
 

@@ -73,7 +73,9 @@ def stop_on_signals(log: logging.Logger) -> threading.Event:
 
     def on_signal(signum: int, _frame) -> None:
         log.info("stop requested", extra={"signal": signal.Signals(signum).name})
-        stop.set()
+        # Not stop.set() here: the handler runs on the main thread between two of its steps, maybe
+        # inside stop.wait() holding the event's lock, and would wait for that lock forever.
+        threading.Thread(target=stop.set, name="stop-requested", daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

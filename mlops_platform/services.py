@@ -136,6 +136,7 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__API__WORKERS": "1",
         "AIRFLOW__API__SECRET_KEY": settings.airflow_secret_key,
         "AIRFLOW__API_AUTH__JWT_SECRET": settings.airflow_secret_key,
+        "AIRFLOW__API_AUTH__JWT_EXPIRATION_TIME": str(settings.airflow_jwt_expiration_seconds),
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",

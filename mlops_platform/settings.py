@@ -69,6 +69,7 @@ class Settings:
     airflow_parallelism: int
     airflow_fernet_key: str
     airflow_secret_key: str
+    airflow_jwt_expiration_seconds: int
 
     kafka_host: str
     kafka_port: int
@@ -278,6 +279,7 @@ def load_settings(environ: dict[str, str] | None = None, env_file: Path | None =
         airflow_parallelism=integer("AIRFLOW_PARALLELISM"),
         airflow_fernet_key=text("AIRFLOW_FERNET_KEY"),
         airflow_secret_key=text("AIRFLOW_SECRET_KEY"),
+        airflow_jwt_expiration_seconds=integer("AIRFLOW_JWT_EXPIRATION_SECONDS"),
         kafka_host=text("KAFKA_HOST"),
         kafka_port=port("KAFKA_PORT"),
         kafka_controller_port=port("KAFKA_CONTROLLER_PORT"),

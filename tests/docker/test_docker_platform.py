@@ -117,14 +117,14 @@ def test_airflow_login_then_the_dag_list_in_a_real_browser(docker_platform):
     user, password = env_value("AIRFLOW_ADMIN_USER"), env_value("AIRFLOW_ADMIN_PASSWORD")
     with Browser() as page:
         page.goto(host_url("AIRFLOW_PORT", "/"))
-        page.wait_for("!!document.querySelector('input[type=password]')", what="Airflow's login form")
+        page.wait_for("!!document.querySelector('input[type=password]')", timeout=120, what="Airflow's login form")
         page.screenshot(SCREENSHOTS / "airflow-login.png")
         page.type_into("input[name=username], input[type=text]", user)
         page.type_into("input[type=password]", password)
         page.evaluate("document.querySelector('button[type=submit]').click()")
-        page.wait_for("!document.querySelector('input[type=password]')", what="login")
+        page.wait_for("!document.querySelector('input[type=password]')", timeout=120, what="login")
         page.goto(host_url("AIRFLOW_PORT", "/dags"))
-        page.wait_for("document.body.innerText.includes('data_ingestion')", what="the DAG list")
+        page.wait_for("document.body.innerText.includes('data_ingestion')", timeout=120, what="the DAG list")
         text = page.text()
         shot = page.screenshot(SCREENSHOTS / "airflow-dags.png")
     for dag_id in ("data_ingestion", "feature_materialization", "training", "batch_serving"):

@@ -310,14 +310,16 @@ def assert_stopped_cleanly(lines: list[str]) -> None:
     assert events[-1]["message"] == "stopped cleanly" and events[-1].get("exit_code") == 0, lines[-5:]
 
 
-def group_members(settings) -> list[str]:
+def members_of(settings, pid: int) -> list[str]:
+    """The group's member ids of process `pid` (its client id is the group id and its pid)."""
     from kafka import KafkaAdminClient
 
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     try:
-        return [member["member_id"] for member in admin.describe_groups([GROUP_ID])[GROUP_ID]["members"]]
+        members = admin.describe_groups([GROUP_ID])[GROUP_ID]["members"]
     finally:
         admin.close()
+    return [member["member_id"] for member in members if member["client_id"] == f"{GROUP_ID}-{pid}"]
 
 
 def drop_from_group(settings, member_ids: list[str]) -> None:
@@ -350,7 +352,7 @@ def test_a_logger_the_group_dropped_while_it_was_starved_still_stops_cleanly(log
     # client learns that only at its next heartbeat. A stop in between leaves a group it is no longer in.
     pid = local.read_pid(settings, SERVICE)
     assert pid is not None, "the prediction logger is not running"
-    members = group_members(settings)
+    members = members_of(settings, pid)
     assert len(members) == 1, members
     log = log_file(settings, SERVICE)
     log_size = log.stat().st_size

@@ -142,3 +142,18 @@ def test_urls_name_every_address_with_its_login_and_the_serving_token(tmp_path):
     assert "http://127.0.0.1:3333" in lines["Grafana"] and "g-pass" in lines["Grafana"]
     assert "j-pass" in lines["Jenkins"] and "e-pass" in lines["Kibana"]
     assert "token-123" in lines["Serving"]
+
+
+def test_setup_for_docker_as_a_normal_user_prints_the_commands_instead_of_running_them(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "id").write_text("#!/bin/sh\necho 1000\n")
+    (bin_dir / "docker").write_text("#!/bin/sh\nexit 1\n")  # a client, no engine
+    for tool in ("id", "docker"):
+        (bin_dir / tool).chmod(0o755)
+    path = ":".join(p for p in os.environ["PATH"].split(":") if not Path(p, "dockerd").exists())
+    env = {**os.environ, "PATH": f"{bin_dir}:{path}"}
+    result = subprocess.run(["bash", str(ROOT / "run.sh"), "setup", "--mode", "docker"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "sudo apt-get install -y docker.io" in result.stderr, result.stderr

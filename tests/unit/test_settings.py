@@ -67,6 +67,14 @@ def test_env_example_documents_every_setting_and_commits_no_secret():
     }
 
 
+def test_the_airflow_token_lifetime_is_a_setting_that_reaches_airflow(tmp_path: Path):
+    from mlops_platform.services import airflow_env
+
+    assert load_settings(SECRETS, tmp_path / "none").airflow_jwt_expiration_seconds == 86400
+    short = load_settings({**SECRETS, "AIRFLOW_JWT_EXPIRATION_SECONDS": "30"}, tmp_path / "none")
+    assert airflow_env(short)["AIRFLOW__API_AUTH__JWT_EXPIRATION_TIME"] == "30"
+
+
 def test_serving_auth_is_on_in_docker_mode_and_off_in_local_mode_by_default(tmp_path: Path):
     with_token = {**SECRETS, "SERVING_API_TOKEN": "t0ken"}
     assert load_settings({**with_token, "PLATFORM_MODE": "local"}, tmp_path / "none").serving_auth is False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import namedtuple
@@ -174,3 +175,23 @@ def test_the_watchdog_replaces_a_client_that_never_gets_partitions(consumer, mon
 
     assert consumer.kafka_clients[0].closed
     assert consumer.metrics.restarts.labels("no_assignment")._value.get() >= 1
+
+
+def test_kafka_errors_while_the_clients_close_are_warnings(consumer, caplog):
+    kafka_log = logging.getLogger("kafka.coordinator")
+
+    class RefusedLeave(FakeKafka):
+        def close(self, autocommit=True, timeout_ms=None):
+            super().close(autocommit, timeout_ms)
+            # as kafka-python's IO thread logs a LeaveGroup the broker refused (the member was dropped)
+            io_thread = threading.Thread(target=kafka_log.error, args=("LeaveGroup failed: UnknownMemberIdError",))
+            io_thread.start()
+            io_thread.join()
+
+    consumer.consumer = RefusedLeave()
+    consumer.close()
+    kafka_log.error("an error outside a close")
+
+    during, after = [record for record in caplog.records if record.name == "kafka.coordinator"]
+    assert (during.levelname, during.kafka_level) == ("WARNING", "ERROR")
+    assert after.levelname == "ERROR"
