@@ -98,6 +98,7 @@ class ComposeService:
     depends_on: tuple[str, ...]
     one_shot: bool
     volumes: tuple[str, ...]
+    published: bool
 
     @property
     def stack(self) -> str:
@@ -116,6 +117,7 @@ def load_project(config: dict) -> dict[str, ComposeService]:
             depends_on=tuple(spec.get("depends_on", {})),
             one_shot=spec.get("restart") == "no",
             volumes=tuple(v["source"] for v in spec.get("volumes", []) if v.get("type") == "volume"),
+            published=bool(spec.get("ports")),
         )
     return services
 
@@ -363,7 +365,7 @@ def status(profiles: list[str]) -> bool:
     for name in names:
         row = states.get(name, {})
         state = row.get("State") or "not created"
-        health = row.get("Health") or ("-" if services[name].one_shot else "no check")
+        health = row.get("Health") or ("-" if services[name].one_shot or not row else "no check")
         if services[name].one_shot and state == "exited":
             health = "done" if int(row.get("ExitCode", 1)) == 0 else f"failed ({row.get('ExitCode')})"
         elif state == "not created" and not image_present(services[name].image):
@@ -371,7 +373,8 @@ def status(profiles: list[str]) -> bool:
         elif not services[name].one_shot and (state != "running" or health not in ("healthy", "no check")):
             healthy = False
         known = BY_NAME.get(name)
-        url = known.url(settings) if known and known.url and settings else ""
+        # Only what the host can reach: a service without published ports answers inside the network only.
+        url = known.url(settings) if known and known.url and settings and services[name].published else ""
         rows.append((name, services[name].stack, state, health, url))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
