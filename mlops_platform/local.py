@@ -37,6 +37,8 @@ from mlops_platform.services import (
     postgres_bindir,
     postgres_data,
     postgres_user,
+    redis_config,
+    redis_config_text,
     services_of,
 )
 from mlops_platform.settings import REPO_ROOT, Settings
@@ -255,8 +257,19 @@ def _prepare_prometheus(settings: Settings) -> None:
         shutil.copytree(rules, target.parent / "rules", dirs_exist_ok=True)
 
 
+def _prepare_redis(settings: Settings) -> None:
+    """redis.conf with the password, readable by its owner only: redis-server reads it at start."""
+    path = redis_config(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(redis_config_text(settings))
+    path.chmod(0o600)
+
+
 PREPARE = {
     "postgres": _prepare_postgres,
+    "redis": _prepare_redis,
     "kafka": _prepare_kafka,
     "prometheus": _prepare_prometheus,
 }

@@ -163,13 +163,14 @@ def python_command(name: str, settings: Settings) -> Command:
         allowed = sorted({settings.mlflow_host, "127.0.0.1", "localhost", "mlflow"})
         return Command(
             [py, "-m", "mlflow", "server",
-             "--backend-store-uri", settings.postgres_url(settings.mlflow_db),
              "--artifacts-destination", str(artifacts), "--serve-artifacts",
              "--host", settings.listen_address, "--port", str(settings.mlflow_port),
              "--workers", str(settings.mlflow_workers),
              "--expose-prometheus", str(data_dir(settings, "mlflow-metrics")),
              "--allowed-hosts", ",".join([*allowed, *(f"{h}:*" for h in allowed)])],
-            {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            # The store's URI holds the database password: the environment, never the command line.
+            {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+             "MLFLOW_BACKEND_STORE_URI": settings.postgres_url(settings.mlflow_db)},
         )
     if name == "airflow-init":
         return Command([py, "-m", "airflow", "db", "migrate"], airflow_env(settings))
@@ -239,6 +240,15 @@ def postgres_data(settings: Settings) -> Path:
     return Path(user.pw_dir) / f"ride-mlops-{key}"
 
 
+def redis_config(settings: Settings) -> Path:
+    return settings.home / "redis" / "redis.conf"
+
+
+def redis_config_text(settings: Settings) -> str:
+    escaped = settings.redis_password.replace("\\", "\\\\").replace('"', '\\"')
+    return f'requirepass "{escaped}"\n'
+
+
 def kafka_properties(settings: Settings) -> str:
     data = data_dir(settings, "kafka")
     return "\n".join([
@@ -290,9 +300,10 @@ def native_command(name: str, settings: Settings) -> Command:
         ])
     if name == "redis":
         data = data_dir(settings, "redis")
+        # The password is in redis.conf (mode 600, written by local mode), never on the command line.
         return Command([
-            "redis-server", "--bind", settings.listen_address, "--port", str(settings.redis_port),
-            "--requirepass", settings.redis_password, "--dir", str(data),
+            "redis-server", str(redis_config(settings)), "--bind", settings.listen_address,
+            "--port", str(settings.redis_port), "--dir", str(data),
             "--appendonly", "yes", "--save", "", "--daemonize", "no", "--protected-mode", "yes",
         ])
     if name == "kafka":

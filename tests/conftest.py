@@ -58,6 +58,21 @@ def run_sh(*args: str, env: dict[str, str] | None = None, timeout: float = 900,
     return result
 
 
+def secrets_on_command_lines(secrets: dict[str, str]) -> list[tuple[int, str, str]]:
+    """(pid, secret's name, command line) of every process on this machine whose arguments hold a secret:
+    what `ps` shows any user (and the host, for a container's processes)."""
+    leaks = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            line = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        leaks += [(int(entry.name), key, line[:200]) for key, value in secrets.items() if value and value in line]
+    return leaks
+
+
 @pytest.fixture(scope="session")
 def settings():
     from mlops_platform.settings import load_settings

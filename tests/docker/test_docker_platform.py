@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, secrets_on_command_lines
 from tests.docker.browser import Browser, chromium_path
 from tests.docker.conftest import PROJECT, docker, docker_sh, env_value, eventually, project_containers
 
@@ -62,6 +62,12 @@ def test_every_container_of_ours_runs_as_a_non_root_user(docker_platform):
             continue
         uid = docker("exec", container["Names"], "id", "-u").stdout.strip()
         assert uid and uid != "0", f"{container['Names']} runs as root"
+
+
+def test_no_process_of_the_containers_shows_a_secret_on_its_command_line(docker_platform):
+    keys = ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_SECRET_KEY",
+            "AIRFLOW_FERNET_KEY", "SERVING_API_TOKEN")
+    assert not secrets_on_command_lines({key: env_value(key) for key in keys})
 
 
 def test_status_shows_each_service_with_its_health_and_url(docker_platform):

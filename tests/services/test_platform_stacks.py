@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import run_sh
+from tests.conftest import run_sh, secrets_on_command_lines
 
 
 def http_json(url: str, data: dict | None = None, token: str | None = None, method: str | None = None):
@@ -189,3 +189,11 @@ def test_a_dag_triggered_through_the_rest_api_runs_on_the_scheduler(platform_up,
                timeout=120)
     run_id = client.runs("platform_health", limit=1)[0]["dag_run_id"]
     assert client.wait("platform_health", run_id, timeout=300) == "success"
+
+
+def test_no_process_of_the_platform_shows_a_secret_on_its_command_line(platform_up, settings):
+    secrets = {"POSTGRES_PASSWORD": settings.postgres_password, "REDIS_PASSWORD": settings.redis_password,
+               "AIRFLOW_ADMIN_PASSWORD": settings.airflow_admin_password,
+               "AIRFLOW_SECRET_KEY": settings.airflow_secret_key, "AIRFLOW_FERNET_KEY": settings.airflow_fernet_key,
+               "SERVING_API_TOKEN": settings.serving_api_token}
+    assert not secrets_on_command_lines(secrets)
