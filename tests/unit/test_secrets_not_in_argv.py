@@ -53,5 +53,9 @@ def test_compose_commands_expand_no_secret():
             text = " ".join(service.get(field) or []) if isinstance(service.get(field), list) else str(
                 service.get(field) or "")
             assert not re.search(r"\$\$?\{?\w*(PASSWORD|TOKEN|SECRET|FERNET)", text), f"{name} {field}: {text}"
+        check = " ".join((service.get("healthcheck") or {}).get("test") or [])
+        # In a check a secret may reach a program only through its environment or its stdin.
+        as_argument = r"(-u|--user|--requirepass|--password)\s+\\?\"?[\w:]*\$\$?\{?\w*(PASSWORD|TOKEN)"
+        assert not re.search(as_argument, check), f"{name}'s healthcheck passes a secret as an argument: {check}"
     redis_image = (ROOT / "platform" / "redis" / "Dockerfile").read_text()
     assert "requirepass" not in redis_image.split("ENTRYPOINT")[1]
