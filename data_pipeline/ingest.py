@@ -344,8 +344,7 @@ def ingest_scope(scope: str, start: datetime | None, end: datetime | None, datas
     settings = settings or get_settings()
     days = [day for day, _ in landed_files(settings.landing_dir, dataset)]
     if days:
-        start = min(start, datetime(days[0].year, days[0].month, days[0].day, tzinfo=UTC))
-        end = max(end, datetime(days[-1].year, days[-1].month, days[-1].day, tzinfo=UTC) + timedelta(days=1))
+        start, end = min(start, _as_utc(days[0])), max(end, _as_utc(days[-1]) + timedelta(days=1))
     return ingest_landing(dataset, settings), start, end
 
 

@@ -20,6 +20,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +35,6 @@ SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 DEFAULT_BASE_IMAGE = "debian:bookworm-slim"
 PULL_TIMEOUT_SECONDS = 120
 WAIT_TIMEOUT_SECONDS = 900
-# Profiles that `all` covers; `demo` runs on demand only.
-ALL_PROFILES = STACKS
 
 
 class DockerModeError(RuntimeError):
@@ -61,10 +60,9 @@ def compose_env() -> dict[str, str]:
     return env
 
 
-def compose(*args: str, capture: bool = False, check: bool = True, timeout: float | None = None
-            ) -> subprocess.CompletedProcess:
+def compose(*args: str, capture: bool = False, check: bool = True) -> subprocess.CompletedProcess:
     argv = ["docker", "compose", "--env-file", str(ENV_FILE), "-f", str(COMPOSE_FILE), *args]
-    result = subprocess.run(argv, env=compose_env(), text=True, timeout=timeout,
+    result = subprocess.run(argv, env=compose_env(), text=True,
                             stdout=subprocess.PIPE if capture else None, stderr=subprocess.PIPE if capture else None)
     if check and result.returncode != 0:
         detail = (result.stderr or "").strip()[-2000:] if capture else ""
@@ -201,7 +199,7 @@ def pull(image: str) -> str | None:
 
 
 def base_image() -> str:
-    return compose_env().get("BASE_IMAGE") or read_env_file(ENV_FILE).get("BASE_IMAGE") or DEFAULT_BASE_IMAGE
+    return os.environ.get("BASE_IMAGE") or read_env_file(ENV_FILE).get("BASE_IMAGE") or DEFAULT_BASE_IMAGE
 
 
 def ensure_base_image() -> None:
@@ -264,9 +262,8 @@ def runnable_services(services: dict[str, ComposeService], stack: str, profiles:
     return runnable
 
 
-def build(stack: str, profiles: list[str]) -> list[str]:
+def build(services: dict[str, ComposeService], stack: str, profiles: list[str]) -> list[str]:
     """Build the images of the runnable services (the base image first); returns those services."""
-    services = load_project(project_config())
     runnable = runnable_services(services, stack, profiles)
     ensure_base_image()
     to_build = [n for n in runnable if services[n].build]
@@ -277,7 +274,7 @@ def build(stack: str, profiles: list[str]) -> list[str]:
 
 def up(stack: str, profiles: list[str]) -> None:
     services = load_project(project_config())
-    runnable = build(stack, profiles)
+    runnable = build(services, stack, profiles)
     long_running = [n for n in runnable if not services[n].one_shot]
     one_shots = [n for n in runnable if services[n].one_shot]
     # `--wait` treats a one-shot that nothing waits for as a failure: wait for the long-running
@@ -298,8 +295,6 @@ def up(stack: str, profiles: list[str]) -> None:
 
 def wait_for_one_shots(names: list[str], timeout: float = WAIT_TIMEOUT_SECONDS) -> list[str]:
     """Names of the one-shots that did not exit 0 (each is waited for until it exits)."""
-    import time
-
     deadline = time.monotonic() + timeout
     pending = list(names)
     failed = []
@@ -320,7 +315,8 @@ def down(stack: str, profiles: list[str], volumes: bool) -> None:
     if stack == "all":
         compose("--profile", "*", "down", "--remove-orphans", *(["--volumes"] if volumes else []))
         return
-    services = load_project(project_config())
+    config = project_config()
+    services = load_project(config)
     owned = {name for name, svc in services.items() if svc.stack == stack}
     active = {name for name, row in container_states().items() if row.get("State") not in ("exited", "dead")}
     others = active - owned
@@ -334,12 +330,11 @@ def down(stack: str, profiles: list[str], volumes: bool) -> None:
     if targets:
         compose("--profile", "*", "rm", "--stop", "--force", *targets)
     if volumes:
-        remove_volumes(services, set(targets))
+        remove_volumes(services, set(targets), config.get("volumes", {}))
 
 
-def remove_volumes(services: dict[str, ComposeService], stopped: set[str]) -> None:
+def remove_volumes(services: dict[str, ComposeService], stopped: set[str], config_volumes: dict) -> None:
     """Named volumes that only the stopped services mount."""
-    config_volumes = project_config().get("volumes", {})
     mounted_elsewhere = {v for name, svc in services.items() if name not in stopped for v in svc.volumes}
     for volume in sorted({v for name in stopped for v in services[name].volumes} - mounted_elsewhere):
         real = config_volumes.get(volume, {}).get("name", volume)
@@ -357,7 +352,7 @@ def host_settings() -> Settings | None:
 
 def status(profiles: list[str]) -> bool:
     services = load_project(project_config())
-    names = [n for n in in_profiles(services, profiles)]
+    names = in_profiles(services, profiles)
     states = container_states()
     settings = host_settings()
     rows = [("SERVICE", "STACK", "STATE", "HEALTH", "URL")]
@@ -431,7 +426,7 @@ def main(argv: list[str]) -> int:
     if args.stack == "urls":
         urls()
         return 0
-    profiles = list(ALL_PROFILES) if args.stack == "all" else [args.stack]
+    profiles = list(STACKS) if args.stack == "all" else [args.stack]
     try:
         if args.verb in ("down", "restart"):
             down(args.stack, profiles, volumes=args.volumes and args.verb == "down")
@@ -443,7 +438,7 @@ def main(argv: list[str]) -> int:
         if args.verb == "logs":
             logs(profiles, args.follow)
         if args.verb == "build":
-            build(args.stack, profiles)
+            build(load_project(project_config()), args.stack, profiles)
     except DockerModeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

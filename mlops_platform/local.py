@@ -40,6 +40,7 @@ from mlops_platform.services import (
     redis_config,
     redis_config_text,
     services_of,
+    write_private_file,
 )
 from mlops_platform.settings import REPO_ROOT, Settings
 
@@ -259,12 +260,7 @@ def _prepare_prometheus(settings: Settings) -> None:
 
 def _prepare_redis(settings: Settings) -> None:
     """redis.conf with the password, readable by its owner only: redis-server reads it at start."""
-    path = redis_config(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(redis_config_text(settings))
-    path.chmod(0o600)
+    write_private_file(redis_config(settings), redis_config_text(settings))
 
 
 PREPARE = {

@@ -144,12 +144,19 @@ def airflow_env(settings: Settings) -> dict[str, str]:
     }
 
 
+def write_private_file(path: Path, text: str) -> None:
+    """A file holding a secret: created readable by its owner only, never readable by others on the way."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    path.chmod(0o600)  # an existing file keeps its mode through os.open
+
+
 def write_airflow_passwords(settings: Settings) -> None:
     """Give the admin user the password from .env, so Airflow never generates and prints one."""
-    path = airflow_home(settings) / "passwords.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({settings.airflow_admin_user: settings.airflow_admin_password}) + "\n")
-    path.chmod(0o600)
+    write_private_file(airflow_home(settings) / "passwords.json",
+                       json.dumps({settings.airflow_admin_user: settings.airflow_admin_password}) + "\n")
 
 
 def python_command(name: str, settings: Settings) -> Command:
