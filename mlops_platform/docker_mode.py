@@ -231,8 +231,9 @@ def unavailable_images(services: dict[str, ComposeService], names: set[str]) -> 
                 reasons_by_image[image] = None if image_present(image) else pull(image)
             if reasons_by_image[image]:
                 blocked[name] = reasons_by_image[image]
-    for name in dependents(services, set(blocked)) & names:
-        needed = sorted(set(services[name].depends_on) & set(blocked))
+    cannot_start = set(blocked) | dependents(services, set(blocked))
+    for name in (cannot_start - set(blocked)) & names:
+        needed = sorted(set(services[name].depends_on) & cannot_start)
         blocked[name] = f"needs {', '.join(needed)}, which cannot start"
     return blocked
 

@@ -57,6 +57,20 @@ def test_images_we_build_need_only_the_base_image_and_the_rest_are_named(project
     assert docker_mode.external_images(project["grafana"])[0].startswith("grafana/grafana:")
 
 
+def test_a_service_that_cannot_start_names_the_dependency_it_waits_for(monkeypatch):
+    def service(name, image, *depends_on):
+        return docker_mode.ComposeService(name, ("elk",), image, None, depends_on, False, (), False)
+
+    project = {"search": service("search", "upstream/search:9"), "ui": service("ui", "ours/ui:1", "search"),
+               "ui-setup": service("ui-setup", "ours/ui:1", "ui")}
+    monkeypatch.setattr(docker_mode, "image_present", lambda image: image.startswith("ours/"))
+    monkeypatch.setattr(docker_mode, "pull", lambda image: f"{image} cannot be pulled: no such host")
+    blocked = docker_mode.unavailable_images(project, set(project))
+    assert blocked["search"] == "upstream/search:9 cannot be pulled: no such host"
+    assert blocked["ui"] == "needs search, which cannot start"
+    assert blocked["ui-setup"] == "needs ui, which cannot start"
+
+
 def test_dockerfile_bases_skip_stages_and_expand_build_args(tmp_path):
     dockerfile = tmp_path / "Dockerfile"
     dockerfile.write_text("ARG BASE_IMAGE=debian:bookworm-slim\nFROM ${BASE_IMAGE} AS jre\nFROM jre AS jars\n"
