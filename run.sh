@@ -139,6 +139,11 @@ resolve_mode() {
 # ---------------------------------------------------------------------------------------------
 # Setup (idempotent: each step checks before it works)
 # ---------------------------------------------------------------------------------------------
+apt_install() {  # apt_install PACKAGE...: Debian's packages, without recommends (as root)
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
 missing_debian_packages() {
   local missing=()
   compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)
@@ -159,8 +164,8 @@ setup_debian_packages() {
 then run \`bash run.sh setup\` again."
   fi
   log "installing Debian packages: $missing"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  # shellcheck disable=SC2086
+  apt_install $missing
   # Debian starts nothing without systemd, but stop any cluster a package post-install may have started.
   if command -v pg_lsclusters >/dev/null 2>&1; then
     pg_lsclusters -h 2>/dev/null | awk '$4=="online"{print $1, $2}' | while read -r v c; do
@@ -208,8 +213,7 @@ setup_docker_engine() {
     sudo apt-get update && sudo apt-get install -y docker.io && sudo systemctl start docker   # or: sudo dockerd &"
     fi
     log "installing Debian's Docker engine (docker.io)"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io debootstrap >/dev/null
+    apt_install docker.io debootstrap
   fi
   if ! docker_answers; then
     (( root )) || die "the Docker engine does not answer. Start it: sudo systemctl start docker   # or: sudo dockerd &"
@@ -236,7 +240,7 @@ setup_docker_engine() {
     rm -rf "$work"
   fi
   if ! command -v debootstrap >/dev/null 2>&1 && (( root )); then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
+    apt_install debootstrap
   fi
   log "docker: $(docker version --format 'engine {{.Server.Version}}' 2>/dev/null), $(docker compose version --short 2>/dev/null | sed 's/^/compose /')"
 }
@@ -328,8 +332,7 @@ test_docker() {
   fi
   if ! command -v chromium >/dev/null 2>&1 && [[ "$(id -u)" -eq 0 ]]; then
     log "installing Debian's chromium for the browser check"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null \
-      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+    apt_install chromium
   fi
   log "running the docker tests"
   "$VENV_PY" -m pytest -m docker -p no:cacheprovider "$@" tests/docker
@@ -347,16 +350,14 @@ cmd_build() {
   ensure_env_file
   resolve_mode
   [[ "$MODE" == docker ]] || die "building images needs a Docker engine (docker mode); local mode runs the same code from .venv"
-  require_docker
-  python3 -m mlops_platform.docker_mode all build
+  stack_docker all build
 }
 
 cmd_deploy() {
   ensure_env_file
   resolve_mode
   if [[ "$MODE" == docker ]]; then
-    require_docker
-    python3 -m mlops_platform.docker_mode all build
+    stack_docker all build
     compose --profile feast run --rm feast-init
     # Recreated from the new image, the Airflow containers read the new DAGs.
     compose --profile airflow up -d --wait airflow-api-server airflow-scheduler airflow-dag-processor airflow-triggerer
@@ -385,7 +386,7 @@ cmd_demo() {
   if [[ "$MODE" == docker ]]; then
     # The demo's driver runs in a container on the platform's network: the host needs no toolchain.
     compose --profile demo run --rm --no-deps demo
-    python3 -m mlops_platform.docker_mode urls
+    cmd_urls
   else
     [[ -x "$VENV_PY" ]] || cmd_setup
     "$VENV_PY" -m mlops_platform.demo
