@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,22 @@ def run_sh(*args: str, env: dict[str, str] | None = None, timeout: float = 900,
             f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
         )
     return result
+
+
+def eventually(probe, timeout: float = 90.0, interval: float = 0.25, what: str = "condition"):
+    """Poll `probe` until it returns a truthy value; the last value (or error: a service may be warming
+    up or restarting) explains a failure."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = probe()
+            if last:
+                return last
+        except Exception as exc:
+            last = exc
+        time.sleep(interval)
+    raise AssertionError(f"{what} not met within {timeout}s; last result: {last!r}")
 
 
 def secrets_on_command_lines(secrets: dict[str, str]) -> list[tuple[int, str, str]]:

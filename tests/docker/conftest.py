@@ -52,20 +52,6 @@ def env_value(key: str) -> str:
     return os.environ.get(key) or read_env_file(REPO_ROOT / ".env")[key]
 
 
-def eventually(predicate, timeout: float, interval: float = 2.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-            if last:
-                return last
-        except (OSError, ValueError, KeyError) as exc:
-            last = exc
-        time.sleep(interval)
-    raise AssertionError(f"{what} not reached within {timeout:.0f}s (last: {last!r})")
-
-
 @pytest.fixture(scope="session")
 def docker_platform():
     """`bash run.sh all up --mode docker`, once; what it printed is returned for the tests to read."""

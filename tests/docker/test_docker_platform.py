@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, secrets_on_command_lines
+from tests.conftest import REPO_ROOT, eventually, secrets_on_command_lines
 from tests.docker.browser import Browser, chromium_path
-from tests.docker.conftest import PROJECT, docker, docker_sh, env_value, eventually, project_containers
+from tests.docker.conftest import PROJECT, docker, docker_sh, env_value, project_containers
 
 SCREENSHOTS = REPO_ROOT / ".platform-test" / "screenshots"
 OUR_IMAGES = ("ride-mlops/",)

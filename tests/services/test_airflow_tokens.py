@@ -23,8 +23,7 @@ import pytest
 from mlops_platform import airflow_client
 from mlops_platform.airflow_client import AirflowClient
 from mlops_platform.services import airflow_env, merged_env
-from tests.conftest import REPO_ROOT
-from tests.services.test_streaming import eventually
+from tests.conftest import REPO_ROOT, eventually
 
 LIFETIME_SECONDS = 30
 PROBE = "/api/v2/dags?limit=1"

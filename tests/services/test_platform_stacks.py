@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 import uuid
 
 import pytest
 
-from tests.conftest import run_sh, secrets_on_command_lines
+from tests.conftest import eventually, run_sh, secrets_on_command_lines
 
 
 def http_json(url: str, data: dict | None = None, token: str | None = None, method: str | None = None):
@@ -20,21 +19,6 @@ def http_json(url: str, data: dict | None = None, token: str | None = None, meth
         request.add_header("Authorization", f"Bearer {token}")
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
-
-
-def eventually(probe, timeout: float = 60.0, interval: float = 0.5):
-    """Poll `probe` until it returns a truthy value; the last value (or error) explains a failure."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = probe()
-            if last:
-                return last
-        except Exception as exc:  # the service may still be warming up
-            last = exc
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s; last result: {last!r}")
 
 
 def test_all_up_reports_local_mode_and_skips_docker_only_services(platform_up):
@@ -123,7 +107,7 @@ def test_airflow_health_and_a_dag_is_listed(platform_up, settings):
         dags = http_json(f"{settings.airflow_url}/api/v2/dags", token=token)["dags"]
         return {dag["dag_id"] for dag in dags} >= {"platform_health"}
 
-    eventually(listed, timeout=120)
+    eventually(listed, timeout=120, interval=0.5)
 
 
 def test_airflow_rejects_a_wrong_password(platform_up, settings):
@@ -168,7 +152,7 @@ def test_prometheus_is_ready_and_scrapes_itself(platform_up, settings):
         body = http_json(f"{settings.prometheus_url}/api/v1/query?query=up")
         return [r for r in body["data"]["result"] if r["metric"].get("job") == "prometheus"]
 
-    series = eventually(up_series, timeout=60)
+    series = eventually(up_series, timeout=60, interval=0.5)
     assert series[0]["value"][1] == "1"
     assert series[0]["metric"]["instance"] == f"127.0.0.1:{settings.prometheus_port}"
 
@@ -186,7 +170,7 @@ def test_a_dag_triggered_through_the_rest_api_runs_on_the_scheduler(platform_up,
 
     client = AirflowClient.from_settings(settings)
     eventually(lambda: client.run_state("platform_health", client.trigger("platform_health")) is not None,
-               timeout=120)
+               timeout=120, interval=0.5)
     run_id = client.runs("platform_health", limit=1)[0]["dag_run_id"]
     assert client.wait("platform_health", run_id, timeout=300) == "success"
 

@@ -31,8 +31,7 @@ from model_serving.prediction_messages import (
     encode_prediction,
 )
 from model_serving.prediction_store import GROUND_TRUTH_TABLE, LABELED_VIEW, PREDICTIONS_TABLE
-from tests.conftest import REPO_ROOT, stack_up
-from tests.services.test_streaming import eventually
+from tests.conftest import REPO_ROOT, eventually, stack_up
 
 SERVICE = "prediction-logger"
 API_IN_TREE = (REPO_ROOT / "model_serving" / "api.py").is_file()

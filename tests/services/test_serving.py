@@ -30,8 +30,7 @@ from data_pipeline import materialize as mat
 from data_pipeline.offline_store import STATS_TABLE, connect, ensure_schema
 from mlops_platform import local
 from mlops_platform.services import BY_NAME
-from tests.conftest import REPO_ROOT
-from tests.services.test_streaming import eventually
+from tests.conftest import REPO_ROOT, eventually
 
 FIRST_ID = 9_600_000
 FRESH = list(range(FIRST_ID + 1, FIRST_ID + 31))

@@ -30,26 +30,11 @@ from data_pipeline.stream_producer import INVALID_KINDS, invalid_payload
 from mlops_platform import local
 from mlops_platform.health import Unhealthy
 from mlops_platform.services import BY_NAME, log_file, merged_env
-from tests.conftest import REPO_ROOT, run_sh
+from tests.conftest import REPO_ROOT, eventually, run_sh
 
 SERVICE = "stream-consumer"
 TEST_LOG = "stream-consumer-test"
 REGISTERED = SERVICE in BY_NAME
-
-
-def eventually(probe, timeout: float = 90.0, interval: float = 0.25, what: str = "condition"):
-    """Poll `probe` until it returns a truthy value; the last value (or error) explains a failure."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = probe()
-            if last:
-                return last
-        except Exception as exc:  # a store may be briefly unreachable while the consumer restarts
-            last = exc
-        time.sleep(interval)
-    raise AssertionError(f"{what} not met within {timeout}s; last result: {last!r}")
 
 
 def fresh_driver_ids(count: int) -> list[int]:
