@@ -1,8 +1,14 @@
 """Local mode: the platform's services as supervised processes on this machine.
 
 State, logs and pid files live under PLATFORM_HOME (default `.platform/`): `data/<service>/`,
-`logs/<service>.log`, `run/<service>.pid`. Each service runs in its own session (process group),
-so `down` can stop it and every child it forked, and then proves its ports are free again.
+`logs/<service>.log`, `run/<service>.pid` (the main process of the running service). The long-running
+services are programs of one supervisord per PLATFORM_HOME (mlops_platform.supervisor), which restarts
+a service that exits on its own; `up` adds them in dependency order and waits for each to be healthy,
+`down` stops them, proves their ports are free, and stops supervisord with the last one. A service is
+all the processes of its run (mlops_platform.process_tree): when its main process dies, the rest go too.
+
+For tools that inject faults: `main_pid(settings, name)` is the pid of a service's main process (None
+when it is not running) and `restart_count(settings, name)` how often it was restarted since `up`.
 """
 
 from __future__ import annotations
@@ -16,10 +22,12 @@ import socket
 import subprocess
 import tempfile
 import time
+import xmlrpc.client
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlops_platform import health
+from mlops_platform import health, process_tree, supervisor
+from mlops_platform.errors import PlatformError
 from mlops_platform.services import (
     BY_NAME,
     PROMETHEUS_CONFIG,
@@ -46,11 +54,8 @@ from mlops_platform.settings import REPO_ROOT, Settings
 
 POLL_SECONDS = 0.25
 STOP_TIMEOUT_SECONDS = 30.0
+STRAY_TIMEOUT_SECONDS = 5.0
 ONE_SHOT_TIMEOUT_SECONDS = 600.0
-
-
-class PlatformError(RuntimeError):
-    """A failure the user can act on; the message says what and where to look."""
 
 
 def say(message: str) -> None:
@@ -60,47 +65,60 @@ def say(message: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # Processes and ports
 # ---------------------------------------------------------------------------------------------
-def read_pid(settings: Settings, name: str) -> int | None:
-    path = pid_file(settings, name)
+LIVE_STATES = ("STARTING", "RUNNING", "STOPPING")
+
+
+def main_pid(settings: Settings, name: str) -> int | None:
+    """The pid of the service's main process while supervisord runs it, else None.
+
+    The main process leads its own process group (its pgid is this pid), and `run/<name>.pid` holds the
+    same number. Killing it makes supervisord restart the service: see mlops_platform.supervisor.
+    """
     try:
-        pid = int(path.read_text().strip())
-    except (FileNotFoundError, ValueError):
+        program = supervisor.programs(settings).get(name)
+    except supervisor.SupervisorError:
         return None
-    if group_alive(pid):
-        return pid
-    path.unlink(missing_ok=True)
-    return None
+    if program is None or program.state not in LIVE_STATES or program.pid <= 0:
+        return None
+    return program.pid if process_tree.alive(program.pid) else None
+
+
+read_pid = main_pid  # the name tests and tools used before supervision
+
+
+def restart_count(settings: Settings, name: str) -> int:
+    """How often supervision restarted the service (or retried its start) since `up` started it."""
+    return int(supervisor.read_restarts(settings, name).get("restarts", 0))
 
 
 def group_alive(pgid: int) -> bool:
-    """True while any process of the service's process group is alive (zombies excluded)."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return any(not _is_zombie(pid) for pid in _group_members(pgid))
-
-
-def _group_members(pgid: int) -> list[int]:
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid:
-                members.append(int(entry.name))
-    return members
+    """True while any process of the process group `pgid` is alive (zombies excluded)."""
+    return bool(process_tree.group_members(pgid))
 
 
 def _is_zombie(pid: int) -> bool:
+    return not process_tree.alive(pid)
+
+
+def _recorded_group(settings: Settings, name: str) -> list[int]:
+    """The live processes of the group recorded in `run/<name>.pid` (a run supervision no longer watches)."""
     try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
+        pid = int(pid_file(settings, name).read_text().strip())
+    except (OSError, ValueError):
+        return []
+    return process_tree.group_members(pid)
+
+
+def unsupervised_processes(settings: Settings, name: str) -> list[int]:
+    """Processes of `name` that no supervised run owns: left by a supervisord that died, or by a
+    version of this platform that started services without one."""
+    current = main_pid(settings, name)
+    pids = set(process_tree.service_members(settings.home, name, except_instance=current))
+    if current is None:
+        pids |= set(_recorded_group(settings, name))
+    else:
+        pids -= set(process_tree.instance_members(settings.home, name, current))
+    return sorted(pids)
 
 
 def ports_of(service: Service, settings: Settings) -> list[int]:
@@ -278,43 +296,127 @@ AFTER_START = {"postgres": _create_databases}
 @dataclass
 class ServiceState:
     name: str
-    running: bool
-    healthy: bool
+    word: str  # healthy, unhealthy, restarting, stopping, stopped, one-shot, n/a
     detail: str
+    restarts: int | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.word in ("healthy", "unhealthy", "stopping")
+
+    @property
+    def healthy(self) -> bool:
+        return self.word in ("healthy", "one-shot")
 
 
-def state_of(service: Service, settings: Settings) -> ServiceState:
+def state_of(service: Service, settings: Settings,
+             programs: dict[str, supervisor.ProgramState] | None = None) -> ServiceState:
+    """What status shows: supervisord's view of the service, then its health check for a live one.
+
+    "healthy" needs a live main process (supervisord's pid) and, for a service with ports, every
+    listener on them inside the service's own processes: an orphan of a dead run answering the health
+    check does not count.
+    """
     if service.docker_only:
-        return ServiceState(service.name, False, False, "docker mode only")
+        return ServiceState(service.name, "n/a", "docker mode only")
     if service.one_shot:
-        return ServiceState(service.name, False, True, "one-shot, runs at `up`")
-    pid = read_pid(settings, service.name)
-    if pid is None:
-        return ServiceState(service.name, False, False, "stopped")
-    healthy, detail = health.check(service.name, settings)
-    return ServiceState(service.name, True, healthy, detail)
-
-
-def _spawn(service: Service, settings: Settings) -> int:
-    command = local_launch(service, settings)
+        return ServiceState(service.name, "one-shot", "one-shot, runs at `up`")
+    if programs is None:
+        programs = supervisor.programs(settings)
+    program = programs.get(service.name)
+    restarts = restart_count(settings, service.name)
     log = log_file(settings, service.name)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    pid_file(settings, service.name).parent.mkdir(parents=True, exist_ok=True)
+    up_command = f"`bash run.sh {service.stack} up`"
+    if program is None or program.state == "STOPPED":
+        orphans = unsupervised_processes(settings, service.name)
+        if orphans:
+            return ServiceState(service.name, "unhealthy",
+                                f"running without supervision (pids {', '.join(map(str, orphans[:5]))}); "
+                                f"`bash run.sh {service.stack} restart` puts it back under supervision", restarts)
+        return ServiceState(service.name, "stopped", "stopped", restarts)
+    if program.state == "BACKOFF":
+        return ServiceState(service.name, "restarting", f"start failed, retrying with backoff; log: {log}", restarts)
+    if program.state == "FATAL":
+        return ServiceState(service.name, "restarting",
+                            f"starts keep failing, next try within {supervisor.RETRY_AFTER_FATAL_SECONDS}s; "
+                            f"log: {log}", restarts)
+    if program.state == "EXITED":
+        if program.exit_status == 0:
+            return ServiceState(service.name, "stopped",
+                                f"exited by itself with code 0 (a clean stop, not restarted); {up_command} starts it",
+                                restarts)
+        return ServiceState(service.name, "restarting", f"exited ({program.description}), restarting", restarts)
+    pid = main_pid(settings, service.name)
+    if pid is None:
+        return ServiceState(service.name, "restarting", f"main process gone ({program.state})", restarts)
+    if program.state == "STOPPING":
+        return ServiceState(service.name, "stopping", f"stopping (pid {pid})", restarts)
+    healthy, detail = health.check(service.name, settings)
+    if healthy:
+        members = process_tree.instance_members(settings.home, service.name, pid)
+        foreign = [port for port in ports_of(service, settings) if process_tree.foreign_listener(port, members)]
+        if foreign:
+            return ServiceState(service.name, "unhealthy",
+                                f"port {foreign[0]} is held by a process outside this run of {service.name} "
+                                f"(main pid {pid}): an orphan of an earlier run?", restarts)
+    return ServiceState(service.name, "healthy" if healthy else "unhealthy", detail, restarts)
+
+
+def _launch(service: Service, settings: Settings) -> supervisor.Launch:
+    command = local_launch(service, settings)
     user = postgres_user() if service.name == "postgres" else None
-    cwd = postgres_data(settings) if user else settings.home
-    with open(log, "ab") as out:
-        process = subprocess.Popen(
-            command.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            env=merged_env(command.env), cwd=cwd, start_new_session=True,
-            user=user.pw_uid if user else None, group=user.pw_gid if user else None,
-            extra_groups=[] if user else None,
-        )
-    pid_file(settings, service.name).write_text(f"{process.pid}\n")
-    return process.pid
+    return supervisor.Launch(
+        argv=command.argv, env=merged_env(command.env),
+        cwd=postgres_data(settings) if user else settings.home,
+        log=log_file(settings, service.name), pid_file=pid_file(settings, service.name),
+        user=(user.pw_uid, user.pw_gid) if user else None,
+    )
+
+
+def _supervise(service: Service, settings: Settings) -> int:
+    """Hand the service to supervisord and start it; the main process's pid."""
+    log_file(settings, service.name).parent.mkdir(parents=True, exist_ok=True)
+    pid_file(settings, service.name).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if supervisor.ensure_running(settings):
+            say(f"  supervisor: started (pid {supervisor.daemon_pid(settings)}, log "
+                f"{settings.home / 'logs' / 'supervisord.log'})")
+        if service.name in supervisor.programs(settings):
+            supervisor.stop_and_remove(settings, service.name)  # EXITED, FATAL or BACKOFF: start afresh
+        supervisor.write_program(settings, service.name, _launch(service, settings), service.stop_signal)
+        supervisor.reset_restarts(settings, service.name)
+        supervisor.add(settings, service.name)
+        supervisor.start(settings, service.name)
+    except (OSError, xmlrpc.client.Error) as exc:
+        raise PlatformError(f"supervisord could not start {service.name}: {exc}. "
+                            f"See {settings.home / 'logs' / 'supervisord.log'}") from None
+    program = supervisor.programs(settings).get(service.name)
+    return program.pid if program else 0
+
+
+def _stop_unsupervised(service: Service, settings: Settings) -> bool:
+    """Stop processes of the service that no supervised run owns; True when there were any.
+
+    A main process among them (a run whose supervisord is gone) gets the service's own stop signal and
+    time for a clean shutdown; strays that outlived their main process get SIGTERM and little time.
+    """
+    pids = unsupervised_processes(settings, service.name)
+    if not pids:
+        return False
+    recorded = _recorded_group(settings, service.name)
+    if recorded:
+        say(f"  {service.name}: stopping a run that is not supervised (pids {', '.join(map(str, pids[:5]))})")
+        signum, timeout = getattr(signal, service.stop_signal), STOP_TIMEOUT_SECONDS
+    else:
+        say(f"  {service.name}: stopping processes its stopped run left (pids {', '.join(map(str, pids[:5]))})")
+        signum, timeout = signal.SIGTERM, STRAY_TIMEOUT_SECONDS
+    process_tree.terminate(lambda: unsupervised_processes(settings, service.name), signum, timeout)
+    return True
 
 
 def start(service: Service, settings: Settings) -> None:
-    if read_pid(settings, service.name) is None:
+    if main_pid(settings, service.name) is None:
+        _stop_unsupervised(service, settings)
         for port in ports_of(service, settings):
             if port_in_use(settings.listen_address, port):
                 raise PlatformError(
@@ -324,7 +426,7 @@ def start(service: Service, settings: Settings) -> None:
         data_dir(settings, service.name).mkdir(parents=True, exist_ok=True)
         if service.name in PREPARE:
             PREPARE[service.name](settings)
-        pid = _spawn(service, settings)
+        pid = _supervise(service, settings)
         say(f"  {service.name}: started (pid {pid}), waiting until healthy ...")
     started = time.monotonic()
     _wait_healthy(service, settings)
@@ -338,11 +440,13 @@ def _wait_healthy(service: Service, settings: Settings) -> None:
     deadline = time.monotonic() + settings.health_timeout
     detail = ""
     while time.monotonic() < deadline:
-        pid = read_pid(settings, service.name)
-        if pid is None:
+        program = supervisor.programs(settings).get(service.name)
+        if program is None or program.state not in ("STARTING", "RUNNING"):
+            described = f"{program.state}: {program.description}" if program else "not supervised"
+            stop(service, settings, quiet=True)
             raise PlatformError(
-                f"{service.name} exited during start-up. Last lines of {log_file(settings, service.name)}:\n"
-                f"{tail(log_file(settings, service.name))}"
+                f"{service.name} exited during start-up ({described}); stopped it. "
+                f"Last lines of {log_file(settings, service.name)}:\n{tail(log_file(settings, service.name))}"
             )
         # PostgreSQL's databases are created right after the server answers.
         ok, detail = (health.check(service.name, settings) if service.name != "postgres"
@@ -382,27 +486,27 @@ def run_one_shot(service: Service, settings: Settings) -> None:
     say(f"  {service.name}: done in {time.monotonic() - started:.1f}s")
 
 
-def stop(service: Service, settings: Settings) -> bool:
-    """Stop the service and everything it forked; True when something was running."""
-    pid = read_pid(settings, service.name)
-    if pid is None:
-        return False
-    try:
-        os.killpg(pid, getattr(signal, service.stop_signal))
-    except ProcessLookupError:
-        pass
-    if not wait_until(lambda: not group_alive(pid), STOP_TIMEOUT_SECONDS):
-        say(f"  {service.name}: still running after {STOP_TIMEOUT_SECONDS:.0f}s, sending SIGKILL")
+def stop(service: Service, settings: Settings, quiet: bool = False) -> bool:
+    """Stop the service and every process of it, and forget it in supervisord (so nothing restarts it);
+    True when something was running."""
+    stopped = False
+    if supervisor.daemon_pid(settings) is not None:
         try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        wait_until(lambda: not group_alive(pid), 10)
+            stopped = supervisor.stop_and_remove(settings, service.name)
+        except (OSError, xmlrpc.client.Error) as exc:
+            raise PlatformError(f"supervisord could not stop {service.name}: {exc}. "
+                                f"See {settings.home / 'logs' / 'supervisord.log'}") from None
+    supervisor.forget_program(settings, service.name)
+    stopped |= _stop_unsupervised(service, settings)
+    supervisor.reset_restarts(settings, service.name)
     pid_file(settings, service.name).unlink(missing_ok=True)
+    if not stopped:
+        return False
     for port in ports_of(service, settings):
         if not wait_until(lambda port=port: not port_in_use(settings.listen_address, port), 10):
             raise PlatformError(f"{service.name} stopped but port {port} is still in use")
-    say(f"  {service.name}: stopped")
+    if not quiet:
+        say(f"  {service.name}: stopped")
     return True
 
 
@@ -469,7 +573,7 @@ def up(stack: str, settings: Settings, asked_alone: bool) -> None:
     say(f"[{stack}] up")
     settings.home.mkdir(parents=True, exist_ok=True)
     for service in runnable:
-        if service.stack != stack and read_pid(settings, service.name) is None and not service.one_shot:
+        if service.stack != stack and main_pid(settings, service.name) is None and not service.one_shot:
             say(f"  {service.name}: needed by {stack}")
         if service.one_shot:
             run_one_shot(service, settings)
@@ -485,6 +589,7 @@ def down(stack: str, settings: Settings, volumes: bool) -> None:
     stopped_any = False
     for service in reversed(services):
         stopped_any |= stop(service, settings)
+    stop_supervisor_if_idle(settings)
     if volumes:
         for service in services:
             delete_data(service, settings)
@@ -492,31 +597,39 @@ def down(stack: str, settings: Settings, volumes: bool) -> None:
         say("  nothing was running")
 
 
-def status_rows(stacks: list[str], settings: Settings) -> list[tuple[str, str, str, str, str]]:
+def stop_supervisor_if_idle(settings: Settings) -> None:
+    """With its last service gone, supervisord (and its event listener) stop too: nothing stays running."""
+    if supervisor.daemon_pid(settings) is None or supervisor.programs(settings):
+        return
+    supervisor.shutdown(settings)
+    process_tree.terminate(lambda: process_tree.home_members(settings.home), signal.SIGTERM, STOP_TIMEOUT_SECONDS)
+    say("  supervisor: stopped (no service left to supervise)")
+
+
+STATUS_HEADER = ("SERVICE", "STACK", "MODE", "URL", "RESTARTS", "HEALTH")
+
+
+def status_rows(stacks: list[str], settings: Settings) -> list[tuple[str, str, str, str, str, str]]:
+    programs = supervisor.programs(settings)
     rows = []
     for stack in stacks:
         for service in services_of(stack):
-            state = state_of(service, settings)
-            if service.docker_only:
-                word = "n/a"
-            elif service.one_shot:
-                word = "one-shot"
-            elif not state.running:
-                word = "stopped"
-            else:
-                word = "healthy" if state.healthy else "unhealthy"
+            state = state_of(service, settings, programs)
             url = service.url(settings) if service.url else "-"
-            rows.append((service.name, stack, "local", url, f"{word}: {state.detail}"))
+            restarts = "-" if state.restarts is None else str(state.restarts)
+            detail = state.detail if state.detail != state.word else ""
+            rows.append((service.name, stack, "local", url, restarts, f"{state.word}: {detail}".rstrip(": ")))
     return rows
 
 
 def print_status(stacks: list[str], settings: Settings) -> bool:
+    """The status table; False when a service is unhealthy or restarting."""
     rows = status_rows(stacks, settings)
-    header = ("SERVICE", "STACK", "MODE", "URL", "HEALTH")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
-    for row in [header, *rows]:
-        say("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
-    return all(not r[4].startswith("unhealthy") for r in rows)
+    columns = len(STATUS_HEADER) - 1
+    widths = [max(len(r[i]) for r in [STATUS_HEADER, *rows]) for i in range(columns)]
+    for row in [STATUS_HEADER, *rows]:
+        say("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:columns])) + "  " + row[columns])
+    return all(not r[-1].startswith(("unhealthy", "restarting")) for r in rows)
 
 
 def logs(stacks: list[str], settings: Settings, follow: bool) -> None:
@@ -533,4 +646,9 @@ def logs(stacks: list[str], settings: Settings, follow: bool) -> None:
 
 
 def running_services(settings: Settings) -> list[str]:
-    return [s.name for s in SERVICES if not s.docker_only and read_pid(settings, s.name) is not None]
+    """Services with a live main process or any process left, and supervisord itself while it runs."""
+    names = [s.name for s in SERVICES if not s.docker_only and not s.one_shot
+             and (main_pid(settings, s.name) is not None or unsupervised_processes(settings, s.name))]
+    if supervisor.daemon_pid(settings) is not None:
+        names.append("supervisord")
+    return names

@@ -30,7 +30,7 @@ def test_all_up_reports_local_mode_and_skips_docker_only_services(platform_up):
 def test_status_table_shows_every_local_service_healthy(platform_up):
     result = run_sh("all", "status")
     lines = result.stdout.splitlines()
-    assert lines[1].split()[:5] == ["SERVICE", "STACK", "MODE", "URL", "HEALTH"]
+    assert lines[1].split()[:6] == ["SERVICE", "STACK", "MODE", "URL", "RESTARTS", "HEALTH"]
     for service in ("postgres", "redis", "mlflow", "airflow-api-server", "airflow-scheduler",
                     "airflow-dag-processor", "airflow-triggerer", "kafka", "prometheus"):
         row = next(line for line in lines if line.startswith(service + " "))
