@@ -23,7 +23,7 @@ Platform
       up       start the stack (and what it needs) and wait until every service is healthy
       down     stop it, leaving no process behind; --volumes also deletes its data
       restart  down then up (data kept)
-      status   table of service, stack, mode, URL and health
+      status   table of service, stack, mode, URL, restarts and health (local mode restarts a crashed service)
       logs     last lines of each service's log; --follow keeps following
   bash run.sh setup [--mode docker]
                           local: install what local mode needs (venv from uv.lock, Debian packages, Kafka jars)
@@ -36,7 +36,7 @@ Platform
                           alerts and retraining trigger react
 
 Development
-  bash run.sh test [unit|services|docker|all] [pytest args]
+  bash run.sh test [unit|services|faults|docker|all] [pytest args]
                           run the tests (default: all = unit, services, then docker), starting services itself
   bash run.sh lint        static checks (ruff, shell syntax)
   bash run.sh build       build the platform's images (docker mode; makes the base image when no registry gives it)
@@ -311,11 +311,12 @@ cmd_stack() {
 # ---------------------------------------------------------------------------------------------
 cmd_test() {
   local suite="all"
-  if [[ $# -gt 0 && "$1" =~ ^(unit|services|docker|all)$ ]]; then suite="$1"; shift; fi
+  if [[ $# -gt 0 && "$1" =~ ^(unit|services|faults|docker|all)$ ]]; then suite="$1"; shift; fi
   cmd_setup
   case "$suite" in
     unit) log "running the unit tests"; "$VENV_PY" -m pytest -m "not services and not docker" "$@" ;;
     services) log "running the service tests"; "$VENV_PY" -m pytest -m "services" "$@" ;;
+    faults) log "running the fault-injection suite"; "$VENV_PY" -m pytest -m "faults" "$@" tests/services ;;
     docker) test_docker "$@" ;;
     all)
       log "running the unit and service tests"

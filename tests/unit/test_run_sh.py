@@ -120,3 +120,12 @@ def test_env_file_gains_variables_added_to_env_example_and_keeps_the_rest(tmp_pa
     assert "added to .env: NEW_TOKEN, NEW_PORT" in result.stdout
     assert second["SECRET"] == first["SECRET"]
     assert second["NEW_PORT"] == "7" and len(second["NEW_TOKEN"]) >= 32
+
+
+def test_local_status_of_a_stopped_platform_shows_restarts_and_starts_no_supervisor(tmp_path: Path):
+    result = run("feast", "status", env={"PLATFORM_MODE": "local", "PLATFORM_HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    header = next(line for line in result.stdout.splitlines() if line.startswith("SERVICE "))
+    assert header.split() == ["SERVICE", "STACK", "MODE", "URL", "RESTARTS", "HEALTH"]
+    assert re.search(r"^redis\s.*\s0\s+stopped$", result.stdout, re.MULTILINE), result.stdout
+    assert not (tmp_path / "run" / "supervisor" / "supervisord.pid").exists()
