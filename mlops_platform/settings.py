@@ -112,6 +112,8 @@ class Settings:
     serving_api_token: str
     predictions_topic: str
     ground_truth_topic: str
+    event_spool_dir: Path
+    event_spool_max_bytes: int
     prediction_logger_host: str
     prediction_logger_port: int
 
@@ -230,6 +232,12 @@ def load_settings(environ: dict[str, str] | None = None, env_file: Path | None =
             raise SettingsError(f"{key} must be a TCP port in 1..65535, got {value}")
         return value
 
+    def positive(key: str) -> int:
+        value = integer(key)
+        if value <= 0:
+            raise SettingsError(f"{key} must be a positive integer, got {value}")
+        return value
+
     def share(key: str) -> float:
         raw = text(key)
         try:
@@ -317,6 +325,8 @@ def load_settings(environ: dict[str, str] | None = None, env_file: Path | None =
         serving_api_token=env.get("SERVING_API_TOKEN", "") if serving_auth else "",
         predictions_topic=text("PREDICTIONS_TOPIC"),
         ground_truth_topic=text("GROUND_TRUTH_TOPIC"),
+        event_spool_dir=Path(env.get("EVENT_SPOOL_DIR") or home / "event-spool"),
+        event_spool_max_bytes=positive("EVENT_SPOOL_MAX_BYTES"),
         prediction_logger_host=text("PREDICTION_LOGGER_HOST"),
         prediction_logger_port=port("PREDICTION_LOGGER_PORT"),
         log_level=text("LOG_LEVEL").upper(),

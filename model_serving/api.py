@@ -7,10 +7,10 @@
     GET  /metrics   Prometheus
 
 `python -m model_serving.api` runs it under uvicorn with SERVING_WORKERS processes. A request does
-one Redis round trip and one sklearn call on the event loop, and hands its prediction-log record to
-the worker's event sender process without waiting (model_serving.event_channel). Everything slow or
-fallible happens elsewhere: loading and swapping models on a background thread, talking to Kafka in
-the sender process.
+one Redis round trip and one sklearn call on the event loop, and appends its prediction-log record to
+the worker's event spool on local disk without waiting for Kafka (model_serving.event_channel). Everything
+slow or fallible happens elsewhere: loading and swapping models on a background thread, talking to Kafka
+in the event sender process, which delivers the spool in order once the broker acknowledges.
 """
 
 import asyncio
@@ -239,7 +239,7 @@ def create_app(settings: Settings | None = None, registry: "CollectorRegistry | 
     for noisy in ("kafka", "mlflow", "feast", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     metrics = ServingMetrics(registry)
-    publisher = EventChannel(metrics.events)
+    publisher = EventChannel(metrics.events, settings.event_spool_dir, settings.event_spool_max_bytes)
     serving = Serving(
         settings=settings, metrics=metrics, publisher=publisher, recent=RecentRequests(),
         lookup=PredictionLogLookup(settings), auth=BearerAuth(settings.serving_auth, settings.serving_api_token),
@@ -349,7 +349,8 @@ def create_app(settings: Settings | None = None, registry: "CollectorRegistry | 
     @app.post("/feedback", status_code=status.HTTP_202_ACCEPTED, response_model=schemas.FeedbackResponse,
               dependencies=protected,
               responses={404: {"description": "The API never scored this driver for this request_id."},
-                         503: {"description": "PostgreSQL or the event queue cannot take it now."}})
+                         503: {"description": "PostgreSQL (to check the pair) or the event spool (to keep "
+                                                "the feedback) cannot take it now."}})
     async def feedback(body: schemas.FeedbackRequest, request: Request) -> JSONResponse:
         request.scope.setdefault("state", {})["request_id"] = body.request_id
         known = serving.recent.contains(body.request_id, body.driver_id)
@@ -365,8 +366,8 @@ def create_app(settings: Settings | None = None, registry: "CollectorRegistry | 
                                        "no prediction with this pair was served (or logged) by this API")
         record = FeedbackRecord(settings.ground_truth_topic, body.request_id, body.driver_id, body.trip_completed,
                                 time.time())
-        if not publisher.publish(record):
-            raise _unavailable("the event queue is full (Kafka is not keeping up); retry later")
+        if not await asyncio.to_thread(publisher.publish_durably, record):  # 202 means it is on disk
+            raise _unavailable(f"feedback not stored: {publisher.problem}; retry later")
         log.info("feedback accepted", extra={"request_id": body.request_id, "driver_id": body.driver_id,
                                              "trip_completed": body.trip_completed})
         return JSONResponse({"request_id": body.request_id, "driver_id": body.driver_id, "accepted": True},

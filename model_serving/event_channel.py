@@ -1,27 +1,29 @@
-"""A worker's side of the event path: one non-blocking socket to its own event sender process.
+"""A worker's side of the event path: its spool folder, and the event sender process that drains it.
 
-`publish` costs a request one `json.dumps` of a compact record and one non-blocking send of a
-datagram. The socket's buffer is the first bounded queue: when it is full (the sender fell behind)
-the record is dropped and counted, never waited for. A watchdog thread restarts the sender if it
-exits; records sent meanwhile are counted as dropped (sender_down).
+`publish` costs a request one `json.dumps` of a compact record and one append to the worker's spool
+folder (a `write` to the page cache, no waiting on Kafka): the record then survives the death of the
+worker, of its sender and of the broker. `publish_durably` also flushes it to disk, for feedback, which
+the API acknowledges only once it is durable. Past EVENT_SPOOL_MAX_BYTES, or when the disk refuses, a
+record is dropped and counted. A watchdog thread restarts the sender if it exits; the spool keeps what
+arrives meanwhile.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import Protocol
 
 from mlops_platform.settings import REPO_ROOT
+from model_serving.event_spool import SpoolFull, SpoolWriter
 from model_serving.metrics import EventMetrics
 
 log = logging.getLogger("serving.events")
 
-SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 WATCH_SECONDS = 1.0
 STOP_SECONDS = 10.0
 
@@ -36,58 +38,64 @@ class Record(Protocol):
 
 
 class EventChannel:
-    """Starts, feeds and supervises one event sender process."""
+    """Spools records, and starts and supervises the sender process that delivers them."""
 
-    def __init__(self, metrics: EventMetrics) -> None:
+    def __init__(self, metrics: EventMetrics, spool_dir: Path, max_bytes: int) -> None:
         self.metrics = metrics
-        self._sock: socket.socket | None = None
+        self.spool_dir = spool_dir
+        self.max_bytes = max_bytes
+        self._writer: SpoolWriter | None = None
         self._process: subprocess.Popen | None = None
         self._stop = threading.Event()
         self._watchdog: threading.Thread | None = None
-        self._lock = threading.Lock()
         self.restarts = 0
+        self.problem = ""
 
     # ---- request path --------------------------------------------------------------------------
     def publish(self, record: Record) -> bool:
-        """Hand a record to the sender without ever blocking; False (counted as dropped) when it cannot."""
+        """Spool a record without waiting for the disk; False (counted as dropped) when it cannot."""
+        return self._append(record, sync=False)
+
+    def publish_durably(self, record: Record) -> bool:
+        """Spool a record and flush it to disk (blocks for the flush: call it from a thread)."""
+        return self._append(record, sync=True)
+
+    def _append(self, record: Record, sync: bool) -> bool:
         if record.count == 0:
             return True
-        sock = self._sock
-        if sock is None:
-            self.metrics.dropped.labels(record.topic, "sender_down").inc(record.count)
+        writer = self._writer
+        if writer is None:
+            self.problem = "the event spool is not open (the API is starting or stopping)"
+            self.metrics.dropped.labels(record.topic, "spool_error").inc(record.count)
             return False
         try:
-            sock.send(record.to_wire())
-        except BlockingIOError:
-            self.metrics.dropped.labels(record.topic, "queue_full").inc(record.count)
+            writer.append(record.to_wire(), sync=sync)
+        except SpoolFull as exc:
+            self.problem = str(exc)
+            self.metrics.dropped.labels(record.topic, "spool_full").inc(record.count)
             return False
-        except OSError:  # the sender exited; the watchdog starts another
-            self.metrics.dropped.labels(record.topic, "sender_down").inc(record.count)
+        except OSError as exc:  # a full or failing disk
+            self.problem = f"the event spool cannot be written: {exc}"
+            self.metrics.dropped.labels(record.topic, "spool_error").inc(record.count)
             return False
+        self.metrics.spooled.labels(record.topic).inc(record.count)
         return True
 
     # ---- the sender process ----------------------------------------------------------------------
     def start(self) -> None:
+        self._writer = SpoolWriter(self.spool_dir, self.max_bytes)
+        self.metrics.spool_limit.set(self.max_bytes)
         self._spawn()
         self._watchdog = threading.Thread(target=self._watch, name="event-sender-watchdog", daemon=True)
         self._watchdog.start()
 
     def _spawn(self) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER_BYTES)
-        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
-        ours.setblocking(False)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT),
                                                                           os.environ.get("PYTHONPATH")]))}
-        process = subprocess.Popen(
-            [sys.executable, "-m", "model_serving.event_sender", "--fd", str(theirs.fileno())],
-            pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL)
-        theirs.close()
-        with self._lock:
-            old, self._sock, self._process = self._sock, ours, process
-        if old is not None:
-            old.close()
-        log.info("event sender started", extra={"pid": process.pid})
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "model_serving.event_sender", "--spool-dir", str(self._writer.folder)],
+            env=env, stdin=subprocess.DEVNULL)
+        log.info("event sender started", extra={"pid": self._process.pid, "spool": str(self._writer.folder)})
 
     def _watch(self) -> None:
         while not self._stop.wait(WATCH_SECONDS):
@@ -99,13 +107,14 @@ class EventChannel:
                 self._spawn()
 
     def stop(self) -> None:
-        """Close the socket (the sender sends what it holds, then exits) and wait for it."""
+        """Close the spool folder, then let the sender deliver what it holds (up to its drain time) and exit."""
         self._stop.set()
-        with self._lock:
-            sock, process, self._sock = self._sock, self._process, None
-        if sock is not None:
-            sock.close()
-        if process is not None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.terminate()
             try:
                 process.wait(STOP_SECONDS)
             except subprocess.TimeoutExpired:

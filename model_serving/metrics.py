@@ -36,24 +36,31 @@ def prepare_multiprocess_dir(path: Path) -> None:
 class EventMetrics:
     """What happened to prediction-log and feedback events; updated by the workers and the event senders."""
 
-    REASONS = ("queue_full", "sender_down", "send_failed")
+    REASONS = ("spool_full", "spool_error", "corrupt")
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         from prometheus_client import REGISTRY, Counter, Gauge
 
         registry = registry or REGISTRY
+        self.spooled = Counter(PREFIX + "events_spooled", "Prediction-log and feedback events written to the event "
+                               "spool (on their way to Kafka), by topic.", ["topic"], registry=registry)
         self.delivered = Counter(PREFIX + "events_delivered", "Prediction-log and feedback events the Kafka broker "
-                                 "acknowledged, by topic.", ["topic"], registry=registry)
+                                 "acknowledged, by topic (a batch sent again after a failure counts again).",
+                                 ["topic"], registry=registry)
         self.dropped = Counter(PREFIX + "events_dropped", "Prediction-log and feedback events lost, by topic and "
-                               "reason (queue_full: a queue on the way to Kafka was full; sender_down: the event "
-                               "sender process was not running; send_failed: Kafka did not take or acknowledge "
-                               "them in time).", ["topic", "reason"], registry=registry)
-        self.queued = Gauge(PREFIX + "events_queued", "Events waiting in the event senders' queues for Kafka.",
-                            multiprocess_mode="livesum", registry=registry)
+                               "reason (spool_full: the spool held EVENT_SPOOL_MAX_BYTES; spool_error: the disk "
+                               "refused the write; corrupt: a torn or garbled record found on replay).",
+                               ["topic", "reason"], registry=registry)
+        self.spool_bytes = Gauge(PREFIX + "event_spool_bytes", "Bytes in the event spool not yet acknowledged by "
+                                 "Kafka.", multiprocess_mode="livesum", registry=registry)
+        self.spool_limit = Gauge(PREFIX + "event_spool_limit_bytes", "The event spool's bound "
+                                 "(EVENT_SPOOL_MAX_BYTES); past it events are dropped.", multiprocess_mode="max",
+                                 registry=registry)
 
     def declare(self, topics: Sequence[str]) -> None:
         """Export zeros for every topic and reason, so a rate() works before the first event."""
         for topic in topics:
+            self.spooled.labels(topic)
             self.delivered.labels(topic)
             for reason in self.REASONS:
                 self.dropped.labels(topic, reason)
