@@ -1,11 +1,13 @@
 """Batch ingestion of landed raw files into the offline store: validated, quarantined, idempotent.
 
 Per file: read (parquet or CSV) -> validate -> one transaction that loads the valid rows (COPY into
-staging, `INSERT ... ON CONFLICT DO NOTHING`), quarantines the rejected ones and records an
-`ingestion_runs` row. A file whose sha256 was already loaded from the same place is skipped, so
-re-running a file or an interval adds nothing anywhere. When more than `max_invalid_share` of a file's
-rows are invalid, none of its rows are loaded, but its rejected rows and a 'rejected' run are still
-recorded so people can see why, and IngestionRejected is raised.
+staging, `INSERT ... ON CONFLICT DO NOTHING`), quarantines the rejected rows and malformed lines and
+records an `ingestion_runs` row. A file whose sha256 was already loaded from the same place is skipped,
+so re-running a file or an interval adds nothing anywhere. When more than `max_invalid_share` of a
+file's rows are invalid, or the file cannot be read at all, none of its rows are loaded, but its
+rejected rows and a 'rejected' run are still recorded so people can see why. A file whose load fails
+for an unforeseen reason is recorded as well ('rejected' in the table, its message starting with
+"ingestion failed"). No file stops the others: IngestionRejected comes at the end, with every report.
 
     python -m data_pipeline.ingest --dataset all --start 2024-05-01 --end 2024-05-02
 """
@@ -28,9 +30,10 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as arrow
 
-from data_pipeline.landing import landed_files, read_raw, source_name
+from data_pipeline.landing import landed_files, read_landed, source_name
 from data_pipeline.load import insert_quarantine, insert_rows, loaded_run, lock_source, record_run
 from data_pipeline.offline_store import connect, ensure_schema
+from data_pipeline.raw_csv import MalformedLine, UnreadableFile
 from data_pipeline.validate import DATASETS, SchemaMismatch, TimestampWindow, validate
 from mlops_platform.settings import Settings, get_settings
 
@@ -39,7 +42,8 @@ log = logging.getLogger("data_pipeline.ingest")
 
 @dataclass
 class IngestionReport:
-    """What one file contributed; `status` is loaded, rejected or skipped (this exact file was loaded before)."""
+    """What one file contributed; `status` is loaded, skipped (this exact file was loaded before), rejected
+    (unreadable, or too many invalid rows) or failed (its load broke on something unforeseen)."""
 
     dataset: str
     source: str
@@ -66,7 +70,7 @@ class IngestionReport:
 
 
 class IngestionRejected(RuntimeError):
-    """Too many invalid rows (or an unreadable file): nothing of the file was loaded; `reports` says more."""
+    """Some files were rejected or failed, so nothing of them was loaded (the others were); `reports` says more."""
 
     def __init__(self, message: str, reports: list[IngestionReport]) -> None:
         super().__init__(message)
@@ -75,6 +79,10 @@ class IngestionRejected(RuntimeError):
 
 COUNTS = ("rows_read", "rows_valid", "rows_loaded", "rows_already_present", "rows_quarantined")
 PHASES = ("read_seconds", "validate_seconds", "load_seconds")
+STATUSES = ("loaded", "skipped", "rejected", "failed")
+NOT_LOADED = ("rejected", "failed")
+# ingestion_runs knows 'loaded' and 'rejected'; a failed file is recorded as rejected, with why in its message.
+RUN_STATUS = {"loaded": "loaded", "rejected": "rejected", "failed": "rejected"}
 
 
 @dataclass
@@ -86,12 +94,17 @@ class IngestionBatch:
 
     @property
     def rejected(self) -> list[IngestionReport]:
-        return [r for r in self.reports if r.status == "rejected"]
+        """The files none of whose rows were loaded: rejected or failed."""
+        return [r for r in self.reports if r.status in NOT_LOADED]
+
+    @property
+    def failed(self) -> list[IngestionReport]:
+        return [r for r in self.reports if r.status == "failed"]
 
     def totals(self, dataset: str | None = None) -> dict:
         reports = [r for r in self.reports if dataset is None or r.dataset == dataset]
         totals: dict = {"files": len(reports)}
-        for status in ("loaded", "skipped", "rejected"):
+        for status in STATUSES:
             totals[f"files_{status}"] = sum(r.status == status for r in reports)
         for key in (*COUNTS, *PHASES):
             totals[key] = sum(getattr(r, key) for r in reports)
@@ -99,13 +112,22 @@ class IngestionBatch:
             totals[key] = round(totals[key], 3)
         return totals
 
+    def not_loaded(self, dataset: str | None = None) -> list[dict]:
+        """The rejected and failed files, each with its dataset, status and why."""
+        return [{"dataset": r.dataset, "source": r.source, "status": r.status, "message": r.message}
+                for r in self.rejected if dataset is None or r.dataset == dataset]
+
+    def summary(self, dataset: str | None = None) -> dict:
+        """Totals and the files not loaded, as a JSON-able dict (what an Airflow task returns)."""
+        return {**self.totals(dataset), "not_loaded": self.not_loaded(dataset)}
+
     def to_dict(self) -> dict:
         return {
-            "status": "rejected" if self.rejected else "ok",
+            "status": "failed" if self.failed else "rejected" if self.rejected else "ok",
             "seconds": round(self.seconds, 3),
             "totals": self.totals(),
             "datasets": {d: self.totals(d) for d in DATASETS if any(r.dataset == d for r in self.reports)},
-            "rejected": [{"source": r.source, "message": r.message} for r in self.rejected],
+            "rejected": self.not_loaded(),
         }
 
 
@@ -119,6 +141,7 @@ class _Prepared:
     started_at: datetime
     valid: pd.DataFrame | None = None  # None: load no rows
     rejected: pd.DataFrame | None = None
+    malformed: list[MalformedLine] = field(default_factory=list)
 
 
 def _threshold(settings: Settings, max_invalid_share: float | None) -> float:
@@ -136,12 +159,22 @@ def _prepare(path: Path, dataset: str, settings: Settings, threshold: float,
     return prepared
 
 
+def _not_loaded(prepared: _Prepared, status: str, message: str) -> _Prepared:
+    prepared.report.status, prepared.report.message = status, message
+    prepared.valid = None
+    return prepared
+
+
 def _read_and_validate(path: Path, dataset: str, settings: Settings, threshold: float,
                        window: TimestampWindow | None) -> _Prepared:
     prepared = _Prepared(IngestionReport(dataset, source_name(path, settings.landing_dir), max_invalid_share=threshold),
                          time.perf_counter(), datetime.now(UTC))
     report = prepared.report
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        return _not_loaded(prepared, "rejected", f"{report.source} cannot be read: {error}; nothing of it was "
+                                                 "loaded. Check that the file exists and is readable, then re-run.")
     report.file_sha256 = hashlib.sha256(data).hexdigest()
     with connect(settings) as conn, conn.cursor() as cur:
         previous = loaded_run(cur, dataset, report.source, report.file_sha256)
@@ -150,54 +183,95 @@ def _read_and_validate(path: Path, dataset: str, settings: Settings, threshold: 
         report.message = f"already loaded by ingestion run {previous[0]} at {previous[1].isoformat()} (same sha256)"
         return prepared
     try:
-        raw = read_raw(data, path.suffix.lower().lstrip("."), dataset)
-        report.rows_read = len(raw)
+        raw = read_landed(data, path.suffix.lower().lstrip("."))
+        prepared.malformed = raw.malformed
+        report.rows_read = len(raw.rows) + len(raw.malformed)
         report.read_seconds = time.perf_counter() - prepared.started
         checkpoint = time.perf_counter()
-        prepared.valid, prepared.rejected = validate(raw, dataset, window)
+        prepared.valid, prepared.rejected = validate(raw.rows, dataset, window, row_numbers=raw.rows.index)
         report.validate_seconds = time.perf_counter() - checkpoint
-    except (SchemaMismatch, arrow.ArrowException, UnicodeDecodeError) as error:
-        report.status = "rejected"
-        report.message = (f"{report.source} cannot be read as {dataset} rows: {error}; nothing of it was loaded. "
-                          "Fix the file upstream and land it again.")
-        prepared.valid = None
-        return prepared
+    except (SchemaMismatch, UnreadableFile, arrow.ArrowException, UnicodeDecodeError) as error:
+        prepared.malformed, prepared.rejected = [], None
+        return _not_loaded(prepared, "rejected", f"{report.source} cannot be read as {dataset} rows: {error}; "
+                                                 "nothing of it was loaded. Fix the file upstream and land it again.")
+    except Exception as error:  # an unforeseen shape of file: this file fails, the others go on
+        log.exception(f"reading {report.source} failed", extra={"dataset": dataset, "source": report.source})
+        prepared.malformed, prepared.rejected = [], None
+        return _not_loaded(prepared, "failed", f"ingestion failed: {report.source} could not be read or validated "
+                                               f"({type(error).__name__}: {error}); nothing of it was loaded. "
+                                               "Report it with the file; the other files were not affected.")
 
     report.rows_valid = len(prepared.valid)
-    report.rows_quarantined = len(prepared.rejected)
-    report.invalid_share = len(prepared.rejected) / len(raw) if len(raw) else 0.0
+    report.rows_quarantined = len(prepared.rejected) + len(prepared.malformed)
+    report.invalid_share = report.rows_quarantined / report.rows_read if report.rows_read else 0.0
+    if report.rows_read == 0:
+        report.message = f"{report.source} has a header but no rows"
     if report.invalid_share > threshold:
-        report.status = "rejected"
-        report.message = (
-            f"{report.source}: {len(prepared.rejected)} of {len(raw)} rows are invalid "
+        _not_loaded(prepared, "rejected", (
+            f"{report.source}: {report.rows_quarantined} of {report.rows_read} rows are invalid "
             f"({report.invalid_share:.2%}), more than the allowed {threshold:.2%} (INGEST_MAX_INVALID_SHARE or "
             "--max-invalid-share). None of its rows were loaded; the invalid ones are in quarantine with their "
             "reasons. Fix the file upstream and land it again, or re-run with a higher threshold if they are "
             "acceptable."
-        )
-        prepared.valid = None
+        ))
     return prepared
 
 
-def _commit(prepared: _Prepared, settings: Settings) -> IngestionReport:
-    """Quarantine, rows and the run record in one transaction; a concurrent run of the same file wins."""
+def _write(prepared: _Prepared, settings: Settings) -> tuple[int, datetime] | None:
+    """Quarantine, rows and the run record in one transaction; returns the run that loaded this file meanwhile."""
     report = prepared.report
-    if report.status == "skipped":
-        return report
-    checkpoint = time.perf_counter()
     with connect(settings) as conn, conn.cursor() as cur:
         lock_source(cur, report.dataset, report.source)
         previous = loaded_run(cur, report.dataset, report.source, report.file_sha256)
         if previous is None:
-            if prepared.rejected is not None:
-                insert_quarantine(cur, report.dataset, report.source, prepared.rejected)
+            insert_quarantine(cur, report.dataset, report.source, prepared.rejected, prepared.malformed)
             if prepared.valid is not None and len(prepared.valid):
                 report.rows_loaded = insert_rows(cur, report.dataset, prepared.valid, report.source)
                 report.rows_already_present = len(prepared.valid) - report.rows_loaded
-            record_run(cur, dataset=report.dataset, source=report.source, sha256=report.file_sha256,
-                       rows_read=report.rows_read, rows_loaded=report.rows_loaded,
-                       rows_quarantined=report.rows_quarantined, status=report.status,
-                       message=report.message or None, started_at=prepared.started_at)
+            _record(cur, prepared)
+    return previous
+
+
+def _record(cur, prepared: _Prepared) -> None:
+    report = prepared.report
+    record_run(cur, dataset=report.dataset, source=report.source, sha256=report.file_sha256,
+               rows_read=report.rows_read, rows_loaded=report.rows_loaded, rows_quarantined=report.rows_quarantined,
+               status=RUN_STATUS[report.status], message=report.message or None, started_at=prepared.started_at)
+
+
+def _record_failure(prepared: _Prepared, settings: Settings, error: Exception) -> None:
+    """After a failed load (rolled back): keep what can be kept, the quarantine if it stores, and the run."""
+    report = prepared.report
+    log.exception(f"loading {report.source} failed", extra={"dataset": report.dataset, "source": report.source})
+    report.status, report.rows_loaded, report.rows_already_present = "failed", 0, 0
+    report.message = (f"ingestion failed: {report.source} could not be stored ({type(error).__name__}: "
+                      f"{str(error).strip()}); nothing of it was loaded. Report it with the file; the other files "
+                      "were not affected.")
+    with connect(settings) as conn, conn.cursor() as cur:
+        lock_source(cur, report.dataset, report.source)
+        cur.execute("savepoint quarantine")
+        try:
+            insert_quarantine(cur, report.dataset, report.source, prepared.rejected, prepared.malformed)
+        except Exception:  # the quarantine itself may be what broke: the run record must still be written
+            cur.execute("rollback to savepoint quarantine")
+            report.rows_quarantined = 0
+        _record(cur, prepared)
+
+
+def _commit(prepared: _Prepared, settings: Settings) -> IngestionReport:
+    """Write the file's outcome; a load that breaks is rolled back and recorded as failed, and the batch goes on.
+
+    Only when even the failure cannot be recorded (the database is gone) does the error stop the batch.
+    """
+    report = prepared.report
+    if report.status == "skipped":
+        return report
+    checkpoint = time.perf_counter()
+    try:
+        previous = _write(prepared, settings)
+    except Exception as error:
+        previous = None
+        _record_failure(prepared, settings, error)  # if even this fails, the database is gone: the batch stops
     if previous is not None:
         report.status, report.rows_loaded, report.rows_quarantined = "skipped", 0, 0
         report.message = f"loaded meanwhile by ingestion run {previous[0]} (same sha256)"
@@ -209,7 +283,7 @@ def _commit(prepared: _Prepared, settings: Settings) -> IngestionReport:
 def _log(report: IngestionReport) -> None:
     fields = report.to_dict()
     fields["detail"] = fields.pop("message")  # `message` is the log line's own field
-    level = logging.ERROR if report.status == "rejected" else logging.INFO
+    level = logging.ERROR if report.status in NOT_LOADED else logging.INFO
     log.log(level, f"{report.status} {report.dataset} file {report.source}", extra=fields)
 
 
@@ -220,7 +294,7 @@ def _check_dataset(dataset: str) -> None:
 
 def ingest_file(path: Path | str, dataset: str, settings: Settings | None = None,
                 max_invalid_share: float | None = None, *, window: TimestampWindow | None = None) -> IngestionReport:
-    """Ingest one landed file; raises IngestionRejected (after recording why) when too many rows are invalid."""
+    """Ingest one landed file; raises IngestionRejected (after recording why) when it was not loaded."""
     batch = ingest_files([(dataset, Path(path))], settings, max_invalid_share, window=window)
     return batch.reports[0]
 
@@ -231,11 +305,12 @@ def ingest_file(path: Path | str, dataset: str, settings: Settings | None = None
 def ingest_files(files: Iterable[tuple[str, Path | str]], settings: Settings | None = None,
                  max_invalid_share: float | None = None, *, window: TimestampWindow | None = None,
                  raise_on_rejected: bool = True) -> IngestionBatch:
-    """Ingest (dataset, path) pairs in order, each in its own transaction; a rejected file stops nothing.
+    """Ingest (dataset, path) pairs in order, each in its own transaction; a rejected or failed file stops nothing.
 
     The next file is read and validated in a helper thread while the current one loads, so Python's
     work overlaps PostgreSQL's. With raise_on_rejected, IngestionRejected is raised at the end (with
-    every report) when any file was rejected.
+    every report) when any file was rejected or failed. Only an offline store that cannot be reached
+    at all stops the batch early.
     """
     started = time.perf_counter()
     settings = settings or get_settings()
@@ -265,13 +340,23 @@ def ingest_files(files: Iterable[tuple[str, Path | str]], settings: Settings | N
     if raise_on_rejected and batch.rejected:
         if len(batch.reports) == 1:
             raise IngestionRejected(batch.rejected[0].message, batch.reports)
-        sources = ", ".join(r.source for r in batch.rejected)
+        sources = ", ".join(f"{r.source} ({r.status})" for r in batch.rejected)
         raise IngestionRejected(
-            f"{len(batch.rejected)} of {len(batch.reports)} files rejected ({sources}); the others were ingested. "
-            f"First reason: {batch.rejected[0].message}",
+            f"{len(batch.rejected)} of {len(batch.reports)} files rejected or failed ({sources}); the others were "
+            f"ingested. First reason: {batch.rejected[0].message}",
             batch.reports,
         )
     return batch
+
+
+def not_loaded_message(summaries: Iterable[dict]) -> str | None:
+    """What IngestionBatch.summary() dicts say about files not loaded, as one message; None when all were."""
+    files = [entry for summary in summaries for entry in summary.get("not_loaded", [])]
+    if not files:
+        return None
+    lines = [f"- {f['source']} ({f['dataset']}, {f['status']}): {f['message']}" for f in files]
+    return (f"{len(files)} landed file(s) were not loaded; every other file was, and each has its ingestion_runs "
+            "record:\n" + "\n".join(lines))
 
 
 def _as_utc(value: date | datetime | str) -> datetime:
@@ -330,7 +415,8 @@ def ingest_landing(dataset: str = "all", settings: Settings | None = None, max_i
 
 
 def ingest_scope(scope: str, start: datetime | None, end: datetime | None, dataset: str,
-                 settings: Settings | None = None) -> tuple[IngestionBatch, datetime, datetime]:
+                 settings: Settings | None = None, *,
+                 raise_on_rejected: bool = True) -> tuple[IngestionBatch, datetime, datetime]:
     """An Airflow run's ingestion: its interval, or (scope "all") every landed file not loaded yet.
     Returns the batch and the window of partition days it covered, for materialization downstream.
     A run triggered without a logical date has no interval: it covers the day before it."""
@@ -340,12 +426,12 @@ def ingest_scope(scope: str, start: datetime | None, end: datetime | None, datas
         today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         start, end = today - timedelta(days=1), today
     if scope == "interval":
-        return ingest_interval(start, end, dataset, settings), start, end
+        return ingest_interval(start, end, dataset, settings, raise_on_rejected=raise_on_rejected), start, end
     settings = settings or get_settings()
     days = [day for day, _ in landed_files(settings.landing_dir, dataset)]
     if days:
         start, end = min(start, _as_utc(days[0])), max(end, _as_utc(days[-1]) + timedelta(days=1))
-    return ingest_landing(dataset, settings), start, end
+    return ingest_landing(dataset, settings, raise_on_rejected=raise_on_rejected), start, end
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import math
+from collections.abc import Iterable
 from datetime import datetime
 
 import numpy as np
@@ -26,6 +27,7 @@ from data_pipeline.offline_store import (
     STATS_COLUMNS,
     STATS_TABLE,
 )
+from data_pipeline.raw_csv import MalformedLine
 from data_pipeline.validate import COLUMNS, ORDERS, STATS
 
 TABLES = {STATS: (STATS_TABLE, STATS_COLUMNS), ORDERS: (ORDERS_TABLE, ORDERS_COLUMNS)}
@@ -64,32 +66,53 @@ def insert_rows(cur, dataset: str, valid: pd.DataFrame, source: str) -> int:
     return cur.rowcount
 
 
+def storable_text(value: str) -> str:
+    """Text PostgreSQL accepts: a NUL is shown as \\x00, and bytes that are no UTF-8 as \\x.. escapes."""
+    return value.replace("\x00", "\\x00").encode("utf-8", errors="backslashreplace").decode("utf-8")
+
+
 def _json_value(value: object) -> object:
+    """A raw value JSON (and jsonb) can hold: NaN and infinities as text, odd objects as their text form."""
     if value is None or value is pd.NA or value is pd.NaT:
         return None
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
     if isinstance(value, float | np.floating):
-        return None if math.isnan(value) else float(value)
-    if isinstance(value, np.integer | np.bool_):
-        return value.item()
-    if isinstance(value, str | int | bool):
-        return value
-    return str(value)
+        value = float(value)
+        return value if math.isfinite(value) else ("NaN" if math.isnan(value) else str(value))  # 'inf', '-inf'
+    if isinstance(value, np.integer | int):
+        return int(value)
+    if isinstance(value, bytes):
+        return storable_text(value.decode("utf-8", errors="backslashreplace"))
+    return storable_text(str(value))
 
 
 def raw_json(rejected: pd.DataFrame, dataset: str) -> list[str]:
     """Each rejected row's raw values as a JSON object (nulls as null, everything else as delivered)."""
     columns = [c for c in COLUMNS[dataset] if c in rejected.columns]
     values = rejected[columns].to_numpy(dtype=object)
-    return [json.dumps({c: _json_value(v) for c, v in zip(columns, row, strict=True)}) for row in values]
+    return [json.dumps({c: _json_value(v) for c, v in zip(columns, row, strict=True)}, allow_nan=False)
+            for row in values]
 
 
-def insert_quarantine(cur, dataset: str, source: str, rejected: pd.DataFrame) -> int:
-    """Rejected rows into `quarantine` with their raw values and reasons; a row already there is kept."""
-    if not len(rejected):
+def malformed_json(line_number: int, text: str) -> str:
+    """A malformed line's quarantine record: where it was and what it held."""
+    return json.dumps({"line_number": line_number, "line": storable_text(text)}, allow_nan=False)
+
+
+def insert_quarantine(cur, dataset: str, source: str, rejected: pd.DataFrame | None,
+                      malformed: Iterable[MalformedLine] = ()) -> int:
+    """Rejected rows (raw values and reasons) and malformed lines into `quarantine`; a row already there is kept."""
+    records = [] if rejected is None else [
+        (int(number), raw, storable_text(str(reason)))
+        for number, raw, reason in zip(rejected["row_number"], raw_json(rejected, dataset), rejected["reason"],
+                                       strict=True)]
+    records += [(line.row_number, malformed_json(line.line_number, line.text), storable_text(line.reason))
+                for line in malformed]
+    if not records:
         return 0
     buffer = io.StringIO()
-    csv.writer(buffer).writerows(zip(rejected["row_number"].astype(int), raw_json(rejected, dataset),
-                                     rejected["reason"], strict=True))
+    csv.writer(buffer).writerows(records)
     buffer.seek(0)
     cur.execute("drop table if exists pg_temp.stage_quarantine")
     cur.execute("create temp table stage_quarantine (row_number bigint, raw jsonb, reason text) on commit drop")
@@ -123,6 +146,7 @@ def record_run(cur, *, dataset: str, source: str, sha256: str, rows_read: int, r
     cur.execute(
         f"insert into {RUNS_TABLE} (dataset, source, file_sha256, rows_read, rows_loaded, rows_quarantined, "
         "status, message, started_at) values (%s, %s, %s, %s, %s, %s, %s, %s, %s) returning id",
-        (dataset, source, sha256, rows_read, rows_loaded, rows_quarantined, status, message, started_at),
+        (dataset, source, sha256, rows_read, rows_loaded, rows_quarantined, status,
+         None if message is None else storable_text(message), started_at),
     )
     return cur.fetchone()[0]

@@ -2,9 +2,12 @@
 
 Upstream files are messy: numbers and timestamps may arrive as text, values may be missing or out
 of range, and a key may be delivered twice. Each raw frame is parsed column by column (vectorised;
-what cannot be parsed becomes null and is reported with its raw value), then checked with a pandera
-schema in lazy mode, and every failure case is mapped back to its 0-based row in the file. A row
-fails as a whole: `rejected` keeps its raw values and a reason per broken rule.
+what cannot be parsed becomes null and is reported with its raw value). A value its PostgreSQL column
+cannot hold (inf, NaN, an integer float64 no longer holds exactly, a rate too small for a real, a
+timestamp outside 1677..2262) is set aside with a rule of its own, so no such value ever reaches a load.
+The rest is checked with a pandera schema in lazy mode, and every failure case is mapped back to its
+0-based row in the file. A row fails as a whole: `rejected` keeps its raw values and a reason per
+broken rule.
 """
 
 from __future__ import annotations
@@ -67,49 +70,144 @@ def _utc(value: pd.Timestamp) -> pd.Timestamp:
 # ---------------------------------------------------------------------------------------------
 # Parsing: raw values to typed columns; unparseable values become null
 # ---------------------------------------------------------------------------------------------
-def parse_timestamps(raw: pd.Series) -> pd.Series:
-    """UTC timestamps from text or timestamps; the agreed format is parsed in C, anything else by pandas."""
+# Bounds of what the offline store keeps exactly: ids and counts go through float64 into bigint, rates into real.
+EXACT_INTEGER = 2**53 - 1  # float64 holds every whole number up to here exactly; well inside bigint
+REAL_SMALLEST = float(np.finfo(np.float32).smallest_subnormal)
+REAL_LARGEST = float(np.finfo(np.float32).max)
+_NS_LOW, _NS_HIGH = pd.Timestamp.min.tz_localize("UTC"), pd.Timestamp.max.tz_localize("UTC")
+_NAN_TEXT = frozenset({"nan", "+nan", "-nan"})
+
+
+class Unrepresentable(NamedTuple):
+    """Cells whose value cannot be stored as its column's type, and the rule they break."""
+
+    rows: np.ndarray  # boolean mask over the frame's rows
+    rule: str  # the rule's name, as in the reasons
+    expectation: str  # what the value must be
+
+
+def _is_missing(value: object) -> bool:
+    """No value delivered (None, NA, NaT, a null NaN); a float NaN counts as missing only here, for text forms."""
+    return value is None or (not isinstance(value, str) and pd.api.types.is_scalar(value) and bool(pd.isna(value)))
+
+
+def _missing(raw: pd.Series) -> np.ndarray:
+    """Cells with no value: None, NA, NaT. A float NaN is a value (not a number), judged by the finite rule."""
+    if isinstance(raw.dtype, np.dtype) and raw.dtype.kind == "f":  # numpy floats cannot tell them apart: NaN it is
+        return np.zeros(len(raw), dtype=bool)
+    missing = raw.isna().to_numpy()  # nullable floats (Float64) keep NaN apart from NA already
+    if raw.dtype == object:
+        for position in np.flatnonzero(missing):  # few: only the null-looking cells
+            missing[position] = not isinstance(raw.iat[position], float | np.floating)
+    return missing
+
+
+def _timestamp_text(raw: pd.Series) -> arrow.Array:
+    try:
+        return arrow.array(raw, type=arrow.string(), from_pandas=True)
+    except (arrow.ArrowInvalid, arrow.ArrowTypeError):  # not all text: judge each value's text form
+        return arrow.array([None if _is_missing(v) else str(v) for v in raw], type=arrow.string())
+
+
+def _in_nanoseconds(parsed: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """UTC timestamps at pandas' nanosecond unit; those outside its range (1677..2262) become NaT and are flagged."""
+    outside = (parsed.notna() & ((parsed < _NS_LOW) | (parsed > _NS_HIGH))).to_numpy()
+    if outside.any():
+        parsed = parsed.where(~outside)
+    return parsed.astype("datetime64[ns, UTC]"), outside
+
+
+def parse_timestamps(raw: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """UTC timestamps from text or timestamps, and which were too far from today to hold (outside 1677..2262).
+
+    The agreed format is parsed in C, anything else by pandas; what does not parse becomes NaT.
+    """
     if pd.api.types.is_datetime64_any_dtype(raw.dtype):
         parsed = raw.dt.tz_localize("UTC") if raw.dt.tz is None else raw.dt.tz_convert("UTC")
-        return parsed.astype("datetime64[ns, UTC]")
-    try:
-        text = arrow.array(raw, type=arrow.string(), from_pandas=True)
-    except (arrow.ArrowInvalid, arrow.ArrowTypeError):  # not all text: judge each value's text form
-        text = arrow.array([None if _is_null(v) else str(v) for v in raw], type=arrow.string())
-    fast = pc.strptime(text, format=TIMESTAMP_FORMAT, unit="s", error_is_null=True)
-    parsed = pd.Series(fast.to_pandas(), index=raw.index).astype("datetime64[ns, UTC]")
-    retry = parsed.isna() & raw.notna()
+        return _in_nanoseconds(parsed)
+    fast = pc.strptime(_timestamp_text(raw), format=TIMESTAMP_FORMAT, unit="s", error_is_null=True)
+    parsed, outside = _in_nanoseconds(pd.Series(fast.to_pandas(), index=raw.index).dt.tz_convert("UTC"))
+    retry = parsed.isna() & raw.notna() & ~outside
     if retry.any():
         parsed[retry] = pd.to_datetime(raw[retry].astype(str), format="ISO8601", utc=True, errors="coerce")
-    return parsed
+    return parsed, outside
 
 
-def _is_null(value: object) -> bool:
-    return value is None or (not isinstance(value, str) and bool(pd.isna(value)))
+def _one_number(value: object) -> float:
+    try:
+        return float(pd.to_numeric(pd.Series([value], dtype=object), errors="coerce").iloc[0])
+    except (TypeError, ValueError):
+        return np.nan
 
 
-def parse_numbers(raw: pd.Series) -> pd.Series:
-    """float64 from text or numbers; text that is not a number becomes NaN."""
-    if pd.api.types.is_numeric_dtype(raw.dtype) and not pd.api.types.is_bool_dtype(raw.dtype):
+def parse_numbers(raw: pd.Series, allow_bool: bool = False) -> pd.Series:
+    """float64 from text or numbers (inf stays inf); anything else, booleans unless allowed, becomes NaN."""
+    if pd.api.types.is_bool_dtype(raw.dtype):
+        values = raw.to_numpy(dtype="float64", na_value=np.nan) if allow_bool else np.full(len(raw), np.nan)
+        return pd.Series(values, index=raw.index)
+    if pd.api.types.is_numeric_dtype(raw.dtype) and raw.dtype.kind != "c":
         return pd.Series(raw.to_numpy(dtype="float64", na_value=np.nan), index=raw.index)
-    return pd.to_numeric(raw.astype(object), errors="coerce").astype("float64")
+    values = raw.astype(object)
+    if not allow_bool:
+        values = values.where([not isinstance(v, bool | np.bool_) for v in values], None)
+    try:
+        parsed = pd.to_numeric(values, errors="coerce")
+    except (TypeError, ValueError):  # values pandas cannot even look at (lists, mappings): one at a time
+        parsed = values.map(_one_number)
+    return pd.Series(np.asarray(parsed, dtype="float64"), index=raw.index)
 
 
-def parse(raw: pd.DataFrame, dataset: str) -> pd.DataFrame:
-    """The dataset's columns, typed for checking: timestamps as UTC, every number as float64."""
+def _nan_values(raw: pd.Series, typed: pd.Series, missing: np.ndarray) -> np.ndarray:
+    """Cells holding NaN itself (a float NaN, or the text 'nan'), as opposed to nothing or other text."""
+    nan = np.isnan(typed.to_numpy()) & ~missing
+    if raw.dtype.kind == "f":
+        return nan
+    if raw.dtype == object or isinstance(raw.dtype, pd.StringDtype):
+        for position in np.flatnonzero(nan):  # few: values that did not parse as numbers
+            value = raw.iat[position]
+            nan[position] = isinstance(value, float | np.floating) or str(value).strip().lower() in _NAN_TEXT
+        return nan
+    return np.zeros(len(raw), dtype=bool)
+
+
+def _number_problems(raw: pd.Series, typed: pd.Series, kind: str) -> list[Unrepresentable]:
+    values = typed.to_numpy()
+    non_finite = np.isinf(values) | _nan_values(raw, typed, _missing(raw))
+    magnitude = np.abs(np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0))
+    if kind in {"id", "count", "flag"}:  # bigint, through float64
+        beyond = Unrepresentable(magnitude > EXACT_INTEGER, "exact_integer",
+                                 f"must be a whole number between -{EXACT_INTEGER} and {EXACT_INTEGER}")
+    else:  # real
+        beyond = Unrepresentable((magnitude > REAL_LARGEST) | ((magnitude > 0) & (magnitude <= REAL_SMALLEST / 2)),
+                                 "real_range", f"must be 0 or between {REAL_SMALLEST:.3g} and {REAL_LARGEST:.4g} "
+                                 "in magnitude, as a PostgreSQL real holds")
+    return [Unrepresentable(non_finite, "finite", "must be a finite number"), beyond]
+
+
+def parse(raw: pd.DataFrame, dataset: str,
+          window_text: str = "") -> tuple[pd.DataFrame, dict[str, list[Unrepresentable]]]:
+    """The dataset's columns typed for checking (timestamps as UTC, numbers as float64), and per column the
+    cells that cannot be stored as its type; those cells are null in the typed frame."""
     missing = [c for c in COLUMNS[dataset] if c not in raw.columns]
     if missing:
         raise SchemaMismatch(
             f"{dataset} rows need columns {list(COLUMNS[dataset])}, found {list(raw.columns)} "
             f"(missing {missing}); ask the upstream team to deliver every column, or fix the file and land it again"
         )
-    return pd.DataFrame(
-        {
-            column: parse_timestamps(raw[column]) if kind == "timestamp" else parse_numbers(raw[column])
-            for column, kind in COLUMNS[dataset].items()
-        },
-        index=raw.index,
-    )
+    repeated = sorted({c for c in COLUMNS[dataset] if list(raw.columns).count(c) > 1})
+    if repeated:
+        raise SchemaMismatch(f"{dataset} rows have columns {repeated} more than once; each column must appear once")
+    typed, problems = {}, {}
+    for column, kind in COLUMNS[dataset].items():
+        if kind == "timestamp":
+            typed[column], outside = parse_timestamps(raw[column])
+            problems[column] = [Unrepresentable(outside, "timestamp_window", window_text)]
+        else:
+            typed[column] = parse_numbers(raw[column], allow_bool=kind == "flag")
+            problems[column] = _number_problems(raw[column], typed[column], kind)
+            spoiled = np.logical_or.reduce([p.rows for p in problems[column]])
+            typed[column] = typed[column].where(~spoiled)
+    return pd.DataFrame(typed, index=raw.index), problems
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,21 +256,26 @@ def _iso(value: pd.Timestamp) -> str:
 
 
 def _show(value: object) -> str:
-    if _is_null(value):
+    """A raw value as a reason quotes it: text in quotes (escaped), numbers as written, null for nothing."""
+    if _is_missing(value) and not isinstance(value, float | np.floating):
         return "null"
     if isinstance(value, str):
-        return repr(value)
-    if isinstance(value, float | np.floating) and float(value).is_integer():
-        return str(int(value))
-    return str(value)
+        return repr(value)  # escapes NULs and control characters
+    if isinstance(value, float | np.floating):
+        if np.isnan(value):
+            return "NaN"
+        if np.isfinite(value) and float(value).is_integer() and abs(value) <= EXACT_INTEGER:
+            return str(int(value))
+    text = str(value).replace("\x00", "\\x00")
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
-def _column_reasons(failures: pd.DataFrame, raw: pd.DataFrame, dataset: str, window_text: str) -> pd.Series:
+def _column_reasons(failures: pd.DataFrame, raw: pd.DataFrame, dataset: str, window_text: str) -> pd.DataFrame:
     """One reason per (row, column) failure case, naming the column, the rule and the raw value."""
     parts = []
     for (column, check), cases in failures.groupby(["column", "check"], sort=False):
         rows = cases["index"].to_numpy(dtype="int64")
-        shown = [_show(value) for value in raw[column].to_numpy()[rows]]  # the value as delivered
+        shown = [_show(value) for value in raw[column].astype(object).to_numpy()[rows]]  # the value as delivered
         if check == "not_nullable":  # null after parsing: either missing, or not parseable as its type
             expected = _PARSE_EXPECTATION.get(COLUMNS[dataset][column], _NUMBER)
             texts = [f"{column} must not be null (rule not_nullable), got null" if value == "null"
@@ -181,13 +284,25 @@ def _column_reasons(failures: pd.DataFrame, raw: pd.DataFrame, dataset: str, win
             rule = window_text if check == "timestamp_window" else _RULES.get(check, f"must satisfy {check}")
             texts = [f"{column} {rule} (rule {check}), got {value}" for value in shown]
         parts.append(pd.DataFrame({"row": rows, "position": list(COLUMNS[dataset]).index(column), "text": texts}))
-    if not parts:
-        return pd.Series([], dtype=object)
-    ordered = pd.concat(parts).sort_values(["row", "position"], kind="stable")  # file order, then column order
-    return pd.Series(ordered["text"].to_numpy(), index=ordered["row"].to_numpy(), dtype=object)
+    return pd.concat(parts) if parts else pd.DataFrame({"row": [], "position": [], "text": []})
 
 
-def _duplicate_reasons(rows: np.ndarray, typed: pd.DataFrame) -> pd.Series:
+def _unrepresentable_reasons(problems: dict[str, list[Unrepresentable]], raw: pd.DataFrame,
+                             dataset: str) -> pd.DataFrame:
+    """A reason for each cell parse() nulled because its value cannot be stored as the column's type."""
+    parts = []
+    for column, found in problems.items():
+        for problem in found:
+            rows = np.flatnonzero(problem.rows)
+            if len(rows):
+                texts = [f"{column} {problem.expectation} (rule {problem.rule}), got {_show(value)}"
+                         for value in raw[column].astype(object).to_numpy()[rows]]
+                parts.append(pd.DataFrame({"row": rows, "position": list(COLUMNS[dataset]).index(column),
+                                           "text": texts}))
+    return pd.concat(parts) if parts else pd.DataFrame({"row": [], "position": [], "text": []})
+
+
+def _duplicate_reasons(rows: np.ndarray, typed: pd.DataFrame, row_numbers: np.ndarray) -> pd.Series:
     """'duplicate key ...' for each later occurrence, pointing at the first one, which stays valid."""
     keyed = typed[list(KEY)]
     repeated = keyed[keyed.duplicated(list(KEY), keep=False)]
@@ -195,25 +310,34 @@ def _duplicate_reasons(rows: np.ndarray, typed: pd.DataFrame) -> pd.Series:
     first.index = repeated.index
     reasons = [
         f"duplicate key (driver_id={int(typed.at[row, 'driver_id'])}, "
-        f"event_timestamp={_iso(typed.at[row, 'event_timestamp'])}) (rule unique), first seen at row {int(first[row])}"
+        f"event_timestamp={_iso(typed.at[row, 'event_timestamp'])}) (rule unique), "
+        f"first seen at row {int(row_numbers[int(first[row])])}"
         for row in rows
     ]
     return pd.Series(reasons, index=rows, dtype=object)
 
 
-def validate(raw: pd.DataFrame, dataset: str, window: TimestampWindow | None = None) -> Validated:
+def validate(raw: pd.DataFrame, dataset: str, window: TimestampWindow | None = None, *,
+             row_numbers: np.ndarray | pd.Index | None = None) -> Validated:
     """Split a raw file's rows into typed valid rows and rejected raw rows with reasons.
 
-    Row numbers are positions in the file (0-based), whatever index `raw` comes with.
+    Row numbers are positions in the file (0-based) unless `row_numbers` gives each row's own (a CSV
+    reader that set malformed lines aside); the valid frame's index is the row number as well.
     """
     if dataset not in COLUMNS:
         raise ValueError(f"unknown dataset {dataset!r}: expected one of {list(COLUMNS)}")
+    numbers = np.arange(len(raw), dtype="int64") if row_numbers is None else np.asarray(row_numbers, dtype="int64")
+    if len(numbers) != len(raw):
+        raise ValueError(f"row_numbers must give one number per row: {len(numbers)} numbers for {len(raw)} rows")
     raw = raw.reset_index(drop=True)
-    typed = parse(raw, dataset)
     low, high = (window or TimestampWindow()).bounds()
     window_text = f"must be between {_iso(low)} and {_iso(high)}"
+    typed, problems = parse(raw, dataset, window_text)
+    spoiled = pd.DataFrame({column: np.logical_or.reduce([p.rows for p in found])
+                            for column, found in problems.items()})
 
-    reasons = pd.Series([], dtype=object)
+    parts = [_unrepresentable_reasons(problems, raw, dataset)]
+    duplicates = pd.Series([], dtype=object)
     try:
         schema(dataset, window).validate(typed, lazy=True)
     except pa.errors.SchemaErrors as errors:
@@ -227,14 +351,20 @@ def validate(raw: pd.DataFrame, dataset: str, window: TimestampWindow | None = N
             ) from errors
         cases = cases.astype({"index": "int64"})
         is_duplicate = cases["check"].astype(str).str.contains("uniqueness")
-        per_column = _column_reasons(cases[~is_duplicate & cases["column"].isin(list(COLUMNS[dataset]))],
-                                     raw, dataset, window_text)
+        per_column = cases[~is_duplicate & cases["column"].isin(list(COLUMNS[dataset]))]
+        already_explained = [bool(spoiled.at[row, column]) for row, column in
+                             zip(per_column["index"], per_column["column"], strict=True)]
+        parts.append(_column_reasons(per_column[~np.asarray(already_explained, dtype=bool)], raw, dataset,
+                                     window_text))
         duplicate_rows = np.unique(cases.loc[is_duplicate, "index"].to_numpy())
         # A key with a missing part is no key: those rows already fail on the null or unparseable part.
         keyed = typed.loc[duplicate_rows, list(KEY)].notna().all(axis=1).to_numpy()
-        duplicates = _duplicate_reasons(duplicate_rows[keyed], typed)
-        reasons = pd.concat([part for part in (per_column, duplicates) if len(part)] or [reasons])
+        duplicates = _duplicate_reasons(duplicate_rows[keyed], typed, numbers)
 
+    cells = pd.concat(parts).astype({"row": "int64", "position": "int64"})
+    ordered = cells.sort_values(["row", "position"], kind="stable")  # file order, then column order
+    reasons = pd.Series(ordered["text"].to_numpy(), index=ordered["row"].to_numpy(), dtype=object)
+    reasons = pd.concat([part for part in (reasons, duplicates) if len(part)] or [reasons])
     if len(reasons):
         joined = reasons.groupby(level=0, sort=True).agg("; ".join)
     else:
@@ -243,9 +373,11 @@ def validate(raw: pd.DataFrame, dataset: str, window: TimestampWindow | None = N
     bad[joined.index.to_numpy()] = True
 
     rejected = raw.loc[bad].astype(object)
-    rejected.insert(len(rejected.columns), "row_number", rejected.index.to_numpy(dtype="int64"))
+    rejected.insert(len(rejected.columns), "row_number", numbers[bad])
     rejected.insert(len(rejected.columns), "reason", joined.reindex(rejected.index).to_numpy())
+    rejected.index = pd.Index(numbers[bad])
 
     valid = typed.loc[~bad]
+    valid.index = pd.Index(numbers[~bad])
     integers = {c: "int64" for c, kind in COLUMNS[dataset].items() if kind in {"id", "count", "flag"}}
     return Validated(valid.astype(integers), rejected)

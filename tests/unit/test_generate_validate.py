@@ -276,7 +276,7 @@ def test_a_file_without_a_needed_column_says_which():
 
 def test_quarantine_json_keeps_raw_values_and_nulls():
     frame = pd.DataFrame({"event_timestamp": ["not-a-time", None], "driver_id": pd.array([1001, None], dtype="Int64"),
-                          "trip_completed": [np.nan, 2.0]})
+                          "trip_completed": pd.array([None, 2.0], dtype="Float64")})
     assert [json.loads(x) for x in raw_json(frame, ORDERS)] == [
         {"event_timestamp": "not-a-time", "driver_id": 1001, "trip_completed": None},
         {"event_timestamp": None, "driver_id": None, "trip_completed": 2.0},
