@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request, status
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from mlops_platform.logs import configure_logging
@@ -41,6 +41,7 @@ from model_serving.events import FeedbackRecord, PredictionRecord
 from model_serving.features import FeatureDecoder, FeatureStoreUnavailable, OnlineFeatures, load_spec
 from model_serving.metrics import ServingMetrics, prepare_multiprocess_dir
 from model_serving.model_store import LoadedModel, ModelStore
+from model_serving.request_body import StrictJSONRoute
 from model_serving.served import LookupUnavailable, PredictionLogLookup, RecentRequests
 
 if TYPE_CHECKING:  # importing prometheus_client before main() picks the metrics mode would fix the wrong one
@@ -274,6 +275,8 @@ def create_app(settings: Settings | None = None, registry: "CollectorRegistry | 
                               f"`{settings.model_alias}` model and Feast's online features.",
                   lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.serving = serving
+    # Before any route is added: every route parses JSON strictly and documents what is refused around it.
+    app.router.route_class = StrictJSONRoute.documenting(_refusals(settings.serving_auth))
     app.add_middleware(RequestMetrics, serving=serving)
     bearer = HTTPBearer(auto_error=False, description="SERVING_API_TOKEN")
 
@@ -396,12 +399,24 @@ def create_app(settings: Settings | None = None, registry: "CollectorRegistry | 
         return JSONResponse({"ready": True, "model": {"name": model.name, "version": model.version,
                                                       "run_id": model.run_id}})
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.get("/metrics", response_class=PlainTextResponse,
+             responses={200: {"description": "Prometheus text exposition format, all workers added up.",
+                              "content": {"text/plain": {"schema": {"type": "string"}}}}})
     async def prometheus_metrics() -> Response:
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
     return app
+
+
+def _refusals(auth: bool) -> dict[int, dict[str, Any]]:
+    """What a POST may answer before its handler runs, besides the 422 FastAPI documents itself."""
+    refusals: dict[int, dict[str, Any]] = {
+        413: {"model": schemas.ErrorDetail, "description": f"The body is over {MAX_BODY_BYTES} bytes."}}
+    if auth:
+        refusals[401] = {"model": schemas.ErrorDetail,
+                         "description": "No `Authorization: Bearer <SERVING_API_TOKEN>` header, or a wrong token."}
+    return refusals
 
 
 def main() -> int:

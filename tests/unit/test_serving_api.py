@@ -59,7 +59,7 @@ def fitted_model(version: str = "3", exact: bool = True) -> LoadedModel:
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("ids", "where"), [
     ([], ("driver_ids",)), ([1, 2, 3, 4, 5, 6], ("driver_ids",)), (["7"], ("driver_ids", 0)),
-    ([True], ("driver_ids", 0)), ([7.0], ("driver_ids", 0)), ([0], ("driver_ids", 0)), ([-3], ("driver_ids", 0)),
+    ([True], ("driver_ids", 0)), ([7.5], ("driver_ids", 0)), ([0], ("driver_ids", 0)), ([-3], ("driver_ids", 0)),
     ([2**53], ("driver_ids", 0)), ([2**63], ("driver_ids", 0)), ([4, 9, 4], ("driver_ids",)),
 ])
 def test_driver_ids_are_distinct_strict_positive_int64s_within_the_limit(ids, where):
@@ -80,11 +80,18 @@ def test_request_ids_are_1_to_64_visible_ascii_characters(request_id):
         schemas.predict_request_model(5).model_validate({"request_id": request_id, "driver_ids": [1]})
 
 
-@pytest.mark.parametrize("flag", [2, True, "1", 1.0, None])
+@pytest.mark.parametrize("flag", [2, True, "1", 0.5, 2.0, None])
 def test_trip_completed_is_the_integer_0_or_1(flag):
     with pytest.raises(ValidationError):
         schemas.FeedbackRequest.model_validate({"request_id": "r", "driver_id": 1, "trip_completed": flag})
     assert schemas.FeedbackRequest.model_validate({"request_id": "r", "driver_id": 1, "trip_completed": 0})
+
+
+def test_a_number_with_a_zero_fraction_is_the_integer_json_schema_counts_it_as():
+    feedback = schemas.FeedbackRequest.model_validate({"request_id": "r", "driver_id": 432.0, "trip_completed": 1.0})
+    assert (feedback.driver_id, feedback.trip_completed) == (432, 1)
+    assert type(feedback.driver_id) is int and type(feedback.trip_completed) is int
+    assert schemas.predict_request_model(5).model_validate({"driver_ids": [1e3, 7]}).driver_ids == [1000, 7]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -530,6 +537,66 @@ def test_feedback_for_a_served_pair_is_accepted_and_a_full_queue_is_a_503(app_pa
     response = client.post("/feedback", json={"request_id": "fb", "driver_id": 11, "trip_completed": 1},
                            headers=AUTH)
     assert response.status_code == 503 and "queue is full" in response.json()["detail"]
+
+
+def openapi_validator(client, component: str):
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(client.get("/openapi.json").json()["components"]["schemas"][component])
+
+
+def test_the_schema_declares_driver_ids_unique_and_the_api_refuses_repeats(app_parts):
+    client, _ = app_parts
+    body = {"driver_ids": [11, 12, 11]}
+    assert not openapi_validator(client, "PredictRequest").is_valid(body), "the schema must say repeats are invalid"
+    response = client.post("/predict", json=body, headers=AUTH)
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "driver_ids"] and "repeated: [11]" in error["msg"], error
+
+
+def test_ids_written_as_integral_floats_are_valid_by_the_schema_and_accepted(app_parts):
+    client, _ = app_parts
+    body = b'{"driver_ids": [13.0, 12, 1.1e1]}'
+    assert openapi_validator(client, "PredictRequest").is_valid(json.loads(body))
+    response = client.post("/predict", content=body, headers={**AUTH, "content-type": "application/json"})
+    assert response.status_code == 200, response.text
+    assert [s["driver_id"] for s in response.json()["scores"]] == [13, 12, 11]
+    assert '"driver_id":13,' in response.text, "answered with the integer id"
+    fractional = client.post("/predict", json={"driver_ids": [13.5]}, headers=AUTH)
+    assert fractional.status_code == 422 and fractional.json()["detail"][0]["loc"] == ["body", "driver_ids", 0]
+    assert "fractional part" in fractional.json()["detail"][0]["msg"]
+
+
+@pytest.mark.parametrize(("body", "problem"), [
+    (b'{"driver_ids": [11', "Expecting"),
+    (b'{"driver_ids": [11], "request_id": "\xff"}', "not UTF-8"),
+    (b'{"driver_ids": [NaN]}', "NaN is not a JSON value"),
+    (b'{"driver_ids": [-Infinity]}', "-Infinity is not a JSON value"),
+    (b'{"driver_ids": [1e400]}', "1e400 is out of range"),
+    (b'{"driver_ids": [' + b"9" * 5000 + b"]}", "out of range"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+])
+def test_a_body_that_is_not_json_is_the_documented_422_naming_the_problem(app_parts, body, problem):
+    client, _ = app_parts
+    documented = client.get("/openapi.json").json()["paths"]["/predict"]["post"]["responses"]
+    response = client.post("/predict", content=body, headers={**AUTH, "content-type": "application/json"})
+    assert response.status_code == 422 and "422" in documented, response.text
+    [error] = response.json()["detail"]
+    assert error["type"] == "json_invalid" and error["loc"][0] == "body" and problem in error["ctx"]["error"], error
+
+
+def test_every_route_and_every_refusal_is_in_the_schema(app_parts):
+    from fastapi.routing import APIRoute
+
+    client, _ = app_parts
+    schema = client.get("/openapi.json").json()
+    routes = {route.path for route in client.app.routes if isinstance(route, APIRoute)}
+    assert set(schema["paths"]) == routes == {"/predict", "/feedback", "/health", "/ready", "/metrics"}
+    assert "text/plain" in schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    for path, statuses in (("/predict", {"200", "401", "413", "422", "503"}),
+                           ("/feedback", {"202", "401", "404", "413", "422", "503"})):
+        assert set(schema["paths"][path]["post"]["responses"]) == statuses, path
 
 
 def test_an_oversized_body_is_refused_before_parsing(app_parts):
