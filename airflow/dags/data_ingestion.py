@@ -4,6 +4,10 @@ One run per data interval (a day). Re-running an interval adds nothing, so catch
 are safe. When driver stats were loaded it updates the `driver_hourly_stats` asset, which starts
 feature_materialization. Triggered with `{"scope": "all"}`, a run takes every landed file not loaded
 yet, whatever its day (what the demo does after landing three weeks at once).
+
+A rejected or failed file does not stop the others: both ingest tasks load every good file and return
+their totals with the files not loaded, and `check_every_file_loaded` then fails the run, listing each
+such file and why, without retrying (the same file would be rejected again).
 """
 
 from __future__ import annotations
@@ -37,16 +41,27 @@ with DAG(
                             params=None) -> dict:
         from data_pipeline.ingest import ingest_scope
 
-        batch, start, end = ingest_scope(params["scope"], data_interval_start, data_interval_end, "driver_stats")
+        batch, start, end = ingest_scope(params["scope"], data_interval_start, data_interval_end, "driver_stats",
+                                         raise_on_rejected=False)
         outlet_events[DRIVER_STATS_ASSET].extra = {"interval_start": start.isoformat(), "interval_end": end.isoformat()}
-        return batch.totals("driver_stats")
+        return batch.summary("driver_stats")
 
     @task
     def ingest_orders(data_interval_start=None, data_interval_end=None, params=None) -> dict:
         from data_pipeline.ingest import ingest_scope
 
-        batch, _, _ = ingest_scope(params["scope"], data_interval_start, data_interval_end, "orders")
-        return batch.totals("orders")
+        batch, _, _ = ingest_scope(params["scope"], data_interval_start, data_interval_end, "orders",
+                                   raise_on_rejected=False)
+        return batch.summary("orders")
 
-    ingest_driver_stats()
-    ingest_orders()
+    @task
+    def check_every_file_loaded(stats: dict, orders: dict) -> None:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from data_pipeline.ingest import not_loaded_message
+
+        message = not_loaded_message([stats, orders])
+        if message:
+            raise AirflowFailException(message)
+
+    check_every_file_loaded(ingest_driver_stats(), ingest_orders())
