@@ -415,7 +415,8 @@ def _stop_unsupervised(service: Service, settings: Settings) -> bool:
 
 
 def start(service: Service, settings: Settings) -> None:
-    if main_pid(settings, service.name) is None:
+    started_now = main_pid(settings, service.name) is None
+    if started_now:
         _stop_unsupervised(service, settings)
         for port in ports_of(service, settings):
             if port_in_use(settings.listen_address, port):
@@ -429,30 +430,36 @@ def start(service: Service, settings: Settings) -> None:
         pid = _supervise(service, settings)
         say(f"  {service.name}: started (pid {pid}), waiting until healthy ...")
     started = time.monotonic()
-    _wait_healthy(service, settings)
+    _wait_healthy(service, settings, started_now)
     if service.name in AFTER_START:
         AFTER_START[service.name](settings)
-        _wait_healthy(service, settings)
+        _wait_healthy(service, settings, started_now)
     say(f"  {service.name}: healthy after {time.monotonic() - started:.1f}s")
 
 
-def _wait_healthy(service: Service, settings: Settings) -> None:
+def _wait_healthy(service: Service, settings: Settings, started_now: bool = True) -> None:
+    """Until the health check passes. A start of ours that fails is reported at once; a service that
+    supervision is already restarting gets the whole health timeout to come back."""
     deadline = time.monotonic() + settings.health_timeout
     detail = ""
     while time.monotonic() < deadline:
         program = supervisor.programs(settings).get(service.name)
-        if program is None or program.state not in ("STARTING", "RUNNING"):
+        restarting = program is not None and program.state in ("BACKOFF", "EXITED", "FATAL") and not started_now
+        if restarting:
+            detail = f"supervision is restarting it ({program.state})"
+        elif program is None or program.state not in ("STARTING", "RUNNING"):
             described = f"{program.state}: {program.description}" if program else "not supervised"
             stop(service, settings, quiet=True)
             raise PlatformError(
                 f"{service.name} exited during start-up ({described}); stopped it. "
                 f"Last lines of {log_file(settings, service.name)}:\n{tail(log_file(settings, service.name))}"
             )
-        # PostgreSQL's databases are created right after the server answers.
-        ok, detail = (health.check(service.name, settings) if service.name != "postgres"
-                      else _postgres_server_answers(settings))
-        if ok:
-            return
+        else:
+            # PostgreSQL's databases are created right after the server answers.
+            ok, detail = (health.check(service.name, settings) if service.name != "postgres"
+                          else _postgres_server_answers(settings))
+            if ok:
+                return
         time.sleep(POLL_SECONDS)
     stop(service, settings)
     raise PlatformError(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from mlops_platform import process_tree
@@ -52,7 +53,8 @@ def main(argv: list[str]) -> int:
     os.close(log)
     killed = clear_earlier_runs(home, service, pid_file)
     if killed:
-        print(json.dumps({"level": "WARNING", "service": service, "logger": "mlops_platform.supervised",
+        print(json.dumps({"timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"), "level": "WARNING",
+                          "service": service, "logger": "mlops_platform.supervised",
                           "message": "killed processes left by an earlier run", "pids": killed}), flush=True)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     pid_file.write_text(f"{os.getpid()}\n")

@@ -77,6 +77,24 @@ def test_a_killed_prediction_logger_comes_back_healthy_by_itself(serving_up, set
     assert int(row["RESTARTS"]) >= 1, row
 
 
+def test_a_service_killed_while_its_dependency_is_down_comes_back_when_the_dependency_returns(serving_up, settings):
+    from mlops_platform import health
+    from mlops_platform.services import BY_NAME
+
+    old = recorded_pid(settings, LOGGER)
+    restarts_before = local.restart_count(settings, LOGGER)
+    local.stop(BY_NAME["kafka"], settings)
+    try:
+        os.kill(old, signal.SIGKILL)
+        eventually(lambda: local.restart_count(settings, LOGGER) > restarts_before, timeout=60,
+                   what="a restart while Kafka is down")
+    finally:
+        local.start(BY_NAME["kafka"], settings)
+
+    eventually(lambda: health.check(LOGGER, settings)[0], timeout=240, what="prediction logger healthy again")
+    assert local.main_pid(settings, LOGGER) not in (None, old)
+
+
 def test_a_killed_mlflow_main_process_takes_its_whole_tree_with_it(serving_up, settings):
     old = recorded_pid(settings, "mlflow")
     old_tree = process_tree.instance_members(settings.home, "mlflow", old)
