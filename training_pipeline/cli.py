@@ -30,6 +30,9 @@ def parser() -> argparse.ArgumentParser:
                    help=f"register only below this mean CV RMSE (default {defaults.rmse_threshold})")
     p.add_argument("--promotion-margin", type=float,
                    help=f"holdout ROC AUC gain needed to replace the champion (default {defaults.promotion_margin})")
+    p.add_argument("--replace-unservable-champion", action="store_const", const=True,
+                   help="promote without a comparison when the champion needs features the service no longer serves "
+                        "(default: skip the comparison and keep the champion)")
     p.add_argument("--holdout-share", type=float,
                    help=f"most recent share of labels kept for the comparison (default {defaults.holdout_share})")
     p.add_argument("--label-start", help="first label time, ISO (default: label-end minus --label-days)")

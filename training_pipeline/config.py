@@ -38,6 +38,9 @@ class TrainingConfig:
     rmse_threshold: float = 0.46
     # The challenger's holdout ROC AUC must beat the champion's by at least this much.
     promotion_margin: float = 0.002
+    # A champion needing a feature the feature service no longer serves cannot be compared (nor served).
+    # False: the comparison is skipped and the champion kept; True: the challenger replaces it.
+    replace_unservable_champion: bool = False
     # The most recent share of labels, by time, kept out of CV and the final fit for the comparison.
     holdout_share: float = 0.2
     label_start: datetime | None = None
@@ -96,6 +99,19 @@ def _number(name: str, raw: Any, problems: list[str], kind: type = float):
     return value
 
 
+def _flag(name: str, raw: Any, problems: list[str]) -> bool | None:
+    """A boolean from a DAG param (a bool) or from text ("true"/"false", "1"/"0", "yes"/"no")."""
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    problems.append(f"{name} must be true or false, got {raw!r}")
+    return None
+
+
 def _timestamp(name: str, raw: Any, problems: list[str]) -> datetime | None:
     if raw in (None, ""):
         return None
@@ -139,6 +155,8 @@ def build_config(overrides: Mapping[str, Any], tracking_uri: str) -> TrainingCon
             values[key] = _features(raw, problems)
         elif key in ("label_start", "label_end"):
             values[key] = _timestamp(key, raw, problems)
+        elif isinstance(default, bool):  # before int: a bool is an int
+            values[key] = _flag(key, raw, problems)
         elif isinstance(default, int):
             values[key] = _number(key, raw, problems, int)
         elif isinstance(default, float):

@@ -39,6 +39,9 @@ with DAG(
         "rmse_threshold": Param(DEFAULTS.rmse_threshold, type="number", description="register below this CV RMSE"),
         "promotion_margin": Param(DEFAULTS.promotion_margin, type="number", minimum=0,
                                   description="holdout ROC AUC gain needed to replace the champion"),
+        "replace_unservable_champion": Param(
+            DEFAULTS.replace_unservable_champion, type="boolean",
+            description="promote without a comparison when the champion needs features no longer served"),
         "holdout_share": Param(DEFAULTS.holdout_share, type="number", description="latest labels kept for comparison"),
         "label_start": Param(None, type=["null", "string"], description="ISO; default label_end - label_days"),
         "label_end": Param(None, type=["null", "string"], description="ISO; default: when the run starts"),

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training_pipeline import dataset, model, registry
+from training_pipeline import comparison, dataset, model, registry
 from training_pipeline.config import ConfigError, build_config, check_features, seed_for
 from training_pipeline.training_set import TrainingSetError, ViewPlan, canonical, point_in_time_sql
 
@@ -79,6 +79,17 @@ def test_unknown_feature_names_the_service_and_what_it_serves():
 def test_a_feature_subset_keeps_the_service_order():
     assert check_features(("avg_daily_trips", "conv_rate"), FEATURES, "s") == ["conv_rate", "avg_daily_trips"]
     assert check_features((), FEATURES, "s") == FEATURES
+
+
+@pytest.mark.parametrize("raw, expected", [(True, True), ("true", True), ("1", True), ("False", False), ("no", False)])
+def test_replacing_an_unservable_champion_is_a_flag_from_a_param_or_text(raw, expected):
+    assert build_config({"replace_unservable_champion": raw}, URI).replace_unservable_champion is expected
+    assert build_config({}, URI).replace_unservable_champion is False
+
+
+def test_a_flag_that_is_not_true_or_false_is_refused():
+    with pytest.raises(ConfigError, match="replace_unservable_champion must be true or false, got 'maybe'"):
+        build_config({"replace_unservable_champion": "maybe"}, URI)
 
 
 def test_development_seed_is_fixed_and_production_seed_follows_the_clock():
@@ -210,6 +221,44 @@ def test_promotion_needs_no_champion_or_a_gain_of_at_least_the_margin():
     assert not registry.decide(0.70, 0.70, 0.0).promote  # equal is not better
     assert not registry.decide(0.50, 0.70, 0.0).promote
     assert not registry.decide(float("nan"), 0.70, 0.0).promote
+
+
+def test_a_champion_on_features_no_longer_served_is_kept_unless_replacing_it_is_asked():
+    kept = registry.decide_unservable("4", ["rating"], "driver_trip_completion", replace=False)
+    assert kept.outcome == registry.COMPARISON_SKIPPED and not kept.promote
+    assert "champion version 4 needs feature(s) ['rating']" in kept.reason and "no longer serves" in kept.reason
+    assert "rerun with replace_unservable_champion=true" in kept.reason
+    replaced = registry.decide_unservable("4", ["rating"], "driver_trip_completion", replace=True)
+    assert replaced.promote and "as replace_unservable_champion asks" in replaced.reason
+
+
+def test_a_comparison_decides_on_auc_unless_the_champion_could_not_be_scored():
+    challenger = {"roc_auc": 0.72}
+    scored = comparison.Comparison(["acc_rate"], challenger, "4", FEATURES, "signature", {"roc_auc": 0.70})
+    assert scored.decide(0.01, "s", replace_unservable=False).promote
+    unscored = comparison.Comparison(["acc_rate"], challenger, "4", ["rating"], "signature", unserved=["rating"])
+    assert unscored.decide(0.01, "s", replace_unservable=False).outcome == registry.COMPARISON_SKIPPED
+    assert comparison.Comparison(["acc_rate"], challenger).decide(0.01, "s", False).reason.startswith("no champion")
+    tags = unscored.tags(holdout_rows=40)
+    assert tags["champion_features"] == "rating" and tags["champion_features_unserved"] == "rating"
+    assert tags["compared_with_version"] == "4" and "champion_holdout_roc_auc" not in tags
+
+
+def test_the_champions_extra_features_join_the_same_holdout_rows():
+    holdout = frame(50)[["driver_id", "event_timestamp", "trip_completed", "avg_daily_trips"]]
+    fetched = frame(50).sample(frac=1.0, random_state=2)  # another row order, the same labels
+    fetched.loc[fetched.index[:3], "acc_rate"] = np.nan
+    joined, imputed = comparison.join_features(holdout, fetched, ["conv_rate", "acc_rate"])
+    expected = frame(50)
+    expected.loc[fetched.index[:3], "acc_rate"] = np.nan
+    pd.testing.assert_frame_equal(joined, expected[list(joined.columns)])
+    assert imputed == 3 and list(joined.columns)[:4] == list(holdout.columns)
+
+
+def test_a_holdout_label_not_found_again_fails_the_comparison():
+    holdout = frame(50)[["driver_id", "event_timestamp", "trip_completed", "avg_daily_trips"]]
+    with pytest.raises(TrainingSetError, match="2 of 50 holdout labels were not found again"):
+        comparison.join_features(holdout, frame(50).iloc[2:], ["conv_rate"])
 
 
 # ---- plots -----------------------------------------------------------------------------------------
