@@ -26,10 +26,11 @@ from model_serving.event_spool import SpoolReader, orphans
 from model_serving.events import messages_from_wire
 
 SERVICE = "serving-events"
-DELIVERY_TIMEOUT_SECONDS = 15.0
+DELIVERY_TIMEOUT_SECONDS = 10.0
+RESET_AFTER_FAILURES = 2
 REQUEST_TIMEOUT_MS = 5_000
 RETRY_MIN_SECONDS = 0.5
-RETRY_MAX_SECONDS = 10.0
+RETRY_MAX_SECONDS = 5.0
 POLL_SECONDS = 0.02
 ORPHAN_SCAN_SECONDS = 5.0
 DRAIN_SECONDS = 5.0
@@ -56,10 +57,13 @@ class KafkaDelivery:
     def _kafka_producer(self) -> Any:
         from kafka import KafkaProducer
 
-        # One request in flight per connection: a retried request can never overtake a later one.
+        # One request in flight per connection: a retried request can never overtake a later one. No
+        # idempotent producer (kafka-python's default): after a broker restart its producer id state wedged
+        # the producer for good, and order and duplicates are handled here and by the consumers anyway.
         return KafkaProducer(
             bootstrap_servers=self.bootstrap_servers, client_id=f"serving-events-{os.getpid()}",
-            acks="all", max_in_flight_requests_per_connection=1, linger_ms=5, batch_size=256 * 1024,
+            acks="all", enable_idempotence=False, max_in_flight_requests_per_connection=1, linger_ms=5,
+            batch_size=256 * 1024,
             max_block_ms=1_000, request_timeout_ms=REQUEST_TIMEOUT_MS,
             delivery_timeout_ms=int(DELIVERY_TIMEOUT_SECONDS * 1000), bootstrap_timeout_ms=5_000,
             reconnect_backoff_max_ms=2_000, metrics_enabled=False)
@@ -104,6 +108,11 @@ class KafkaDelivery:
         partitions = cached[1]
         return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
 
+    def reset(self) -> None:
+        """Drop the producer (its unsent records with it: the batch is sent again from the spool); the next
+        batch creates a fresh one. A client that failed twice in a row is not trusted to heal itself."""
+        self.close(timeout=0)
+
     def close(self, timeout: float = DRAIN_SECONDS) -> None:
         if self._producer is not None:
             try:
@@ -127,6 +136,7 @@ class SpoolForwarder:
         self.readers: dict[Path, SpoolReader] = {}
         self._scanned_at = float("-inf")
         self._older_elsewhere = False
+        self._failures = 0
         self._retry_at = 0.0
         self._retry_delay = RETRY_MIN_SECONDS
         self._last_warning = float("-inf")
@@ -170,11 +180,16 @@ class SpoolForwarder:
                 try:
                     delivered = self._send(batch.records)
                 except DeliveryFailed as exc:
+                    self._failures += 1
+                    if self._failures >= RESET_AFTER_FAILURES:
+                        self.delivery.reset()
                     self._retry_at = time.monotonic() + self._retry_delay
                     self._warn("events not delivered yet; kept in the spool", error=str(exc),
-                               retry_in_s=self._retry_delay, backlog_bytes=self.backlog_bytes())
+                               retry_in_s=self._retry_delay, backlog_bytes=self.backlog_bytes(),
+                               failures_in_a_row=self._failures)
                     self._retry_delay = min(self._retry_delay * 2, RETRY_MAX_SECONDS)
                     return moved
+                self._failures = 0
                 for topic, count in delivered.items():
                     self._on_delivered(topic, count)
                 self._retry_delay = RETRY_MIN_SECONDS

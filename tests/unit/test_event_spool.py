@@ -289,3 +289,17 @@ def test_what_an_earlier_run_left_reaches_kafka_before_what_this_one_answers(tmp
     busy.release()  # that sender exited, leaving its folder undelivered
     run_until_idle(forwarder)
     assert [m["request_id"] for _, m in broker.log] == [f"r{n}" for n in range(8)]
+
+
+def test_a_producer_that_stays_broken_after_an_outage_is_replaced(tmp_path):
+    writer = SpoolWriter(tmp_path, max_bytes=10**9)
+    wedged, healthy = Broker(), Broker()
+    wedged.up = False  # it never recovers, although the broker is back
+    producers = iter([wedged, healthy])
+    counts: dict = {}
+    forwarder = SpoolForwarder(writer.folder, KafkaDelivery("unused:9092", producer_factory=lambda: next(producers)),
+                               on_delivered=lambda topic, n: counts.update({topic: counts.get(topic, 0) + n}))
+    for n in range(3):
+        writer.append(feedback(n))
+    run_until_idle(forwarder)
+    assert [m["request_id"] for _, m in healthy.log] == ["r0", "r1", "r2"] and counts == {"ground_truth": 3}
