@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,9 +18,7 @@ from pydantic import ValidationError
 from mlops_platform.settings import load_settings
 from model_serving import schemas
 from model_serving.auth import BearerAuth
-from model_serving.event_channel import EventChannel
-from model_serving.event_sender import KafkaSender, receive
-from model_serving.events import FeedbackRecord, Messages, PredictionRecord, messages_from_wire
+from model_serving.events import FeedbackRecord, PredictionRecord, messages_from_wire
 from model_serving.features import FeatureSpec, OnlineRows
 from model_serving.linear_form import exact_form
 from model_serving.model_store import LoadedModel, ModelLoadError, ModelStore, signature_features
@@ -273,152 +270,6 @@ def test_a_malformed_record_is_refused(data):
         messages_from_wire(data)
 
 
-class FakeFuture:
-    def __init__(self, fail: bool) -> None:
-        self.fail = fail
-
-    def add_callback(self, callback):
-        if not self.fail:
-            callback(None)
-
-    def add_errback(self, errback):
-        if self.fail:
-            errback(TimeoutError("not acknowledged"))
-
-
-class FakeProducer:
-    def __init__(self, fail_every: int = 0, raise_on_send: bool = False) -> None:
-        self.sent: list[tuple[str, bytes, bytes]] = []
-        self.fail_every, self.raise_on_send = fail_every, raise_on_send
-
-    def partitions_for(self, topic):
-        if self.raise_on_send:
-            raise TimeoutError("metadata not available after 1000 ms")
-        return {0, 1, 2}
-
-    def send(self, topic, value, key, partition=None):
-        assert partition in {0, 1, 2}
-        self.sent.append((topic, key, value))
-        return FakeFuture(bool(self.fail_every) and len(self.sent) % self.fail_every == 0)
-
-    def close(self, timeout=None):
-        pass
-
-
-def counting_sender(producer, capacity: int = 100):
-    counts: dict[tuple[str, str], int] = {}
-
-    def add(key, n):
-        counts[key] = counts.get(key, 0) + n
-
-    sender = KafkaSender("unused:9092", capacity, on_delivered=lambda topic, n: add((topic, "delivered"), n),
-                         on_dropped=lambda topic, reason, n: add((topic, reason), n),
-                         producer_factory=lambda: producer)
-    return sender, counts
-
-
-def test_the_sender_counts_delivered_queue_full_and_failed_events():
-    producer = FakeProducer(fail_every=3)
-    sender, counts = counting_sender(producer, capacity=4)
-    assert sender.put(Messages("p", b"k", [b"1", b"2", b"3"]))
-    assert sender.put(Messages("p", b"k", [b"4", b"5"]))
-    assert not sender.put(Messages("p", b"k", [b"6"])), "5 events queued >= capacity 4: dropped"
-    sender.start()
-    sender.stop()
-    assert [value for _, _, value in producer.sent] == [b"1", b"2", b"3", b"4", b"5"]
-    assert counts == {("p", "queue_full"): 1, ("p", "delivered"): 4, ("p", "send_failed"): 1}
-
-
-def test_a_record_goes_to_the_partition_kafkas_default_partitioner_picks_for_its_key():
-    import uuid
-
-    from kafka.partitioner.default import DefaultPartitioner
-
-    cluster = SimpleNamespace(topics=lambda: {"p"}, partitions_for_topic=lambda topic: {0, 1, 2},
-                              available_partitions_for_topic=lambda topic: {0, 1, 2})
-    sender, _ = counting_sender(FakeProducer())
-    sender._producer = FakeProducer()
-    for key in [b"a", b"req-1", *(uuid.uuid4().hex.encode() for _ in range(50))]:
-        assert sender._partition("p", key) == DefaultPartitioner().partition("p", key, key, None, None, cluster)
-
-
-def test_events_kafka_refuses_to_take_are_counted_as_failed():
-    sender, counts = counting_sender(FakeProducer(raise_on_send=True))
-    sender.put(Messages("p", b"k", [b"1", b"2", b"3"]))
-    sender.start()
-    sender.stop()
-    assert counts == {("p", "send_failed"): 3}
-
-
-def test_records_cross_the_socket_as_datagrams_until_the_worker_closes_it():
-    import threading
-
-    producer = FakeProducer()
-    sender, counts = counting_sender(producer)
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    bad = []
-    worker = threading.Thread(target=receive, args=(theirs, sender, threading.Event(), lambda: bad.append(1)))
-    worker.start()
-    ours.send(PredictionRecord("p", "r", "m", "1", FEATURES, [1, 2], [(0.1, 0.2, 3)] * 2, [0.5, 0.4], 0.0).to_wire())
-    ours.send(b"garbage")
-    ours.send(FeedbackRecord("g", "r", 1, 0, 0.0).to_wire())
-    ours.close()
-    worker.join(5)
-    assert not worker.is_alive(), "EOF ends the receiving loop"
-    sender.start()
-    sender.stop()
-    assert [topic for topic, _, _ in producer.sent] == ["p", "p", "g"] and bad == [1]
-    assert counts == {("p", "delivered"): 2, ("g", "delivered"): 1}
-
-
-class FakeEventMetrics:
-    def __init__(self) -> None:
-        self.counts: dict[tuple[str, str], float] = {}
-        metrics = self
-
-        class Child:
-            def __init__(self, key):
-                self.key = key
-
-            def inc(self, n=1):
-                metrics.counts[self.key] = metrics.counts.get(self.key, 0) + n
-
-        self.dropped = SimpleNamespace(labels=lambda topic, reason: Child((topic, reason)))
-
-
-def test_the_channel_never_blocks_and_counts_what_it_cannot_hand_over(tmp_path, monkeypatch):
-    metrics = FakeEventMetrics()
-    channel = EventChannel(metrics)
-    record = PredictionRecord("p", "r", "m", "1", FEATURES, [1], [(0.1, 0.2, 3)], [0.5], 0.0)
-    assert not channel.publish(record) and metrics.counts == {("p", "sender_down"): 1}, "not started yet"
-
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    ours.setblocking(False)
-    channel._sock = ours
-    started = time.perf_counter()
-    sent = sum(channel.publish(record) for _ in range(2000))
-    assert time.perf_counter() - started < 2.0
-    assert 0 < sent < 2000 and metrics.counts[("p", "queue_full")] == 2000 - sent, "a full buffer drops, never waits"
-    theirs.close()
-    assert not channel.publish(record) and metrics.counts[("p", "sender_down")] == 2
-
-
-def test_the_channel_starts_a_sender_process_that_exits_when_the_socket_closes(monkeypatch):
-    monkeypatch.setenv("KAFKA_PORT", "1")  # no broker: the sender keeps retrying until its socket closes
-    for key, value in SECRETS.items():
-        monkeypatch.setenv(key, value)
-    channel = EventChannel(FakeEventMetrics())
-    channel.start()
-    try:
-        assert channel.publish(FeedbackRecord("g", "r", 1, 1, 0.0))
-        assert channel._process.poll() is None
-    finally:
-        started = time.perf_counter()
-        channel.stop()
-    assert channel._process.returncode == 0 and time.perf_counter() - started < 10
-
-
 # ---------------------------------------------------------------------------------------------
 # auth and recent requests
 # ---------------------------------------------------------------------------------------------
@@ -526,17 +377,18 @@ def test_no_model_or_no_redis_is_a_503_with_the_reason(app_parts):
     assert ready.status_code == 503 and ready.json()["reason"].startswith("no model loaded")
 
 
-def test_feedback_for_a_served_pair_is_accepted_and_a_full_queue_is_a_503(app_parts, monkeypatch):
+def test_feedback_is_accepted_only_once_it_is_spooled_durably_else_503(app_parts, monkeypatch):
     client, serving = app_parts
     client.post("/predict", json={"driver_ids": [11], "request_id": "fb"}, headers=AUTH)
-    monkeypatch.setattr(serving.publisher, "publish", lambda record: True)
+    monkeypatch.setattr(serving.publisher, "publish_durably", lambda record: True)
     response = client.post("/feedback", json={"request_id": "fb", "driver_id": 11, "trip_completed": 1},
                            headers=AUTH)
     assert response.status_code == 202 and response.json()["accepted"] is True
-    monkeypatch.setattr(serving.publisher, "publish", lambda record: False)
+    monkeypatch.setattr(serving.publisher, "publish_durably", lambda record: False)
+    serving.publisher.problem = "the event spool holds 10 of 10 bytes (EVENT_SPOOL_MAX_BYTES)"
     response = client.post("/feedback", json={"request_id": "fb", "driver_id": 11, "trip_completed": 1},
                            headers=AUTH)
-    assert response.status_code == 503 and "queue is full" in response.json()["detail"]
+    assert response.status_code == 503 and "EVENT_SPOOL_MAX_BYTES" in response.json()["detail"]
 
 
 def openapi_validator(client, component: str):
