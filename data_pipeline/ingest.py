@@ -6,8 +6,8 @@ records an `ingestion_runs` row. A file whose sha256 was already loaded from the
 so re-running a file or an interval adds nothing anywhere. When more than `max_invalid_share` of a
 file's rows are invalid, or the file cannot be read at all, none of its rows are loaded, but its
 rejected rows and a 'rejected' run are still recorded so people can see why. A file whose load fails
-for an unforeseen reason is recorded as well ('rejected' in the table, its message starting with
-"ingestion failed"). No file stops the others: IngestionRejected comes at the end, with every report.
+for an unforeseen reason is recorded as well, as a 'failed' run whose message starts with "ingestion
+failed". No file stops the others: IngestionRejected comes at the end, with every report.
 
     python -m data_pipeline.ingest --dataset all --start 2024-05-01 --end 2024-05-02
 """
@@ -81,8 +81,6 @@ COUNTS = ("rows_read", "rows_valid", "rows_loaded", "rows_already_present", "row
 PHASES = ("read_seconds", "validate_seconds", "load_seconds")
 STATUSES = ("loaded", "skipped", "rejected", "failed")
 NOT_LOADED = ("rejected", "failed")
-# ingestion_runs knows 'loaded' and 'rejected'; a failed file is recorded as rejected, with why in its message.
-RUN_STATUS = {"loaded": "loaded", "rejected": "rejected", "failed": "rejected"}
 
 
 @dataclass
@@ -127,7 +125,7 @@ class IngestionBatch:
             "seconds": round(self.seconds, 3),
             "totals": self.totals(),
             "datasets": {d: self.totals(d) for d in DATASETS if any(r.dataset == d for r in self.reports)},
-            "rejected": self.not_loaded(),
+            "not_loaded": self.not_loaded(),
         }
 
 
@@ -236,7 +234,7 @@ def _record(cur, prepared: _Prepared) -> None:
     report = prepared.report
     record_run(cur, dataset=report.dataset, source=report.source, sha256=report.file_sha256,
                rows_read=report.rows_read, rows_loaded=report.rows_loaded, rows_quarantined=report.rows_quarantined,
-               status=RUN_STATUS[report.status], message=report.message or None, started_at=prepared.started_at)
+               status=report.status, message=report.message or None, started_at=prepared.started_at)
 
 
 def _record_failure(prepared: _Prepared, settings: Settings, error: Exception) -> None:
@@ -355,8 +353,10 @@ def not_loaded_message(summaries: Iterable[dict]) -> str | None:
     if not files:
         return None
     lines = [f"- {f['source']} ({f['dataset']}, {f['status']}): {f['message']}" for f in files]
-    return (f"{len(files)} landed file(s) were not loaded; every other file was, and each has its ingestion_runs "
-            "record:\n" + "\n".join(lines))
+    counts = ", ".join(f"{n} {status}" for status in NOT_LOADED if (n := sum(f["status"] == status for f in files)))
+    return (f"{len(files)} landed file(s) were not loaded ({counts}); every other file was, and each has its "
+            "ingestion_runs record (rejected: fix the file upstream; failed: report it with the file):\n"
+            + "\n".join(lines))
 
 
 def _as_utc(value: date | datetime | str) -> datetime:

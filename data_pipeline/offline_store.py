@@ -3,10 +3,14 @@
 `driver_hourly_stats` is what Feast's PostgreSQLSource reads; `orders` holds the labels;
 `quarantine` keeps every rejected row with its reason and where it came from; `ingestion_runs`
 records what each file contributed, so a re-run of the same file is recognised and adds nothing.
+
+`ensure_schema()` creates what is missing and migrates what an older version created: platforms keep
+their tables across upgrades, so a change to an existing table is made here, idempotently.
 """
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 
 from mlops_platform.settings import Settings, get_settings
@@ -18,6 +22,12 @@ RUNS_TABLE = "ingestion_runs"
 
 # What the orchestrator calls the stats table: ingestion updates it, materialization is scheduled on it.
 STATS_ASSET_URI = f"postgres://postgres:5432/feast/public/{STATS_TABLE}"
+
+# What an ingestion run ends as: its rows loaded, the file rejected (unreadable, too many invalid rows),
+# or its load failed on something unforeseen (rolled back).
+RUN_STATUSES = ("loaded", "rejected", "failed")
+RUNS_STATUS_CHECK = f"{RUNS_TABLE}_status_check"  # the name PostgreSQL gave the column's check at first
+_RUN_STATUSES_SQL = ", ".join(f"'{status}'" for status in RUN_STATUSES)
 
 STATS_COLUMNS = ("driver_id", "event_timestamp", "created", "conv_rate", "acc_rate", "avg_daily_trips")
 ORDERS_COLUMNS = ("event_timestamp", "driver_id", "trip_completed")
@@ -65,7 +75,7 @@ create table if not exists {RUNS_TABLE} (
     rows_read       bigint      not null,
     rows_loaded     bigint      not null,
     rows_quarantined bigint     not null,
-    status          text        not null check (status in ('loaded', 'rejected')),
+    status          text        not null constraint {RUNS_STATUS_CHECK} check (status in ({_RUN_STATUSES_SQL})),
     message         text,
     started_at      timestamptz not null,
     finished_at     timestamptz not null default now()
@@ -95,7 +105,27 @@ def connect(settings: Settings | None = None, autocommit: bool = False):
 
 
 def ensure_schema(settings: Settings | None = None) -> None:
-    """Create the offline store's tables if they are missing (idempotent, cheap)."""
+    """Create the offline store's tables if they are missing and migrate older ones (idempotent, cheap)."""
     with connect(settings) as conn, conn.cursor() as cur:
         cur.execute("select pg_advisory_xact_lock(hashtext('offline_store_schema'))")
         cur.execute(DDL)
+        _allow_every_run_status(cur)
+
+
+def allowed_run_statuses(cur) -> set[str]:
+    """The statuses the ingestion_runs status check accepts (empty when the table has no such check)."""
+    cur.execute("select pg_get_constraintdef(oid) from pg_constraint where conrelid = to_regclass(%s) "
+                "and conname = %s and contype = 'c'", (RUNS_TABLE, RUNS_STATUS_CHECK))
+    row = cur.fetchone()
+    return set(re.findall(r"'([^']*)'", row[0])) if row else set()
+
+
+def _allow_every_run_status(cur) -> None:
+    """A table created before `failed` existed allows only loaded and rejected: widen its check in place.
+
+    Only when the check differs, so the usual call costs one catalog query and takes no table lock.
+    """
+    if allowed_run_statuses(cur) == set(RUN_STATUSES):
+        return
+    cur.execute(f"alter table {RUNS_TABLE} drop constraint if exists {RUNS_STATUS_CHECK}")
+    cur.execute(f"alter table {RUNS_TABLE} add constraint {RUNS_STATUS_CHECK} check (status in ({_RUN_STATUSES_SQL}))")

@@ -6,8 +6,9 @@ feature_materialization. Triggered with `{"scope": "all"}`, a run takes every la
 yet, whatever its day (what the demo does after landing three weeks at once).
 
 A rejected or failed file does not stop the others: both ingest tasks load every good file and return
-their totals with the files not loaded, and `check_every_file_loaded` then fails the run, listing each
-such file and why, without retrying (the same file would be rejected again).
+their totals with the files not loaded, and `check_every_file_loaded` then fails the run, counting them
+by status and listing each file and why, without retrying (the same file would be rejected again). Their
+`ingestion_runs` rows say `rejected` (fix the file upstream) or `failed` (a load that broke: report it).
 """
 
 from __future__ import annotations

@@ -256,5 +256,16 @@ def test_the_files_not_loaded_are_listed_in_one_message():
     message = not_loaded_message([batch.summary(STATS), batch.summary(ORDERS)])
     assert message.splitlines()[1:] == ["- b.csv (orders, rejected): the file is empty",
                                         "- c.csv (orders, failed): ingestion failed: X"]
+    assert message.splitlines()[0].startswith("2 landed file(s) were not loaded (1 rejected, 1 failed)")
     assert batch.summary(ORDERS)["files_rejected"] == 1 and batch.summary(ORDERS)["files_failed"] == 1
     assert batch.to_dict()["status"] == "failed"
+    assert [(f["source"], f["status"]) for f in batch.to_dict()["not_loaded"]] == [("b.csv", "rejected"),
+                                                                                  ("c.csv", "failed")]
+
+
+def test_every_outcome_but_skipped_is_a_status_ingestion_runs_accepts():
+    from data_pipeline.ingest import STATUSES
+    from data_pipeline.offline_store import DDL, RUN_STATUSES
+
+    assert set(RUN_STATUSES) == set(STATUSES) - {"skipped"}
+    assert "check (status in ('loaded', 'rejected', 'failed'))" in DDL
