@@ -36,7 +36,7 @@ Platform
                           alerts and retraining trigger react
 
 Development
-  bash run.sh test [unit|services|docker|all] [pytest args]
+  bash run.sh test [unit|services|faults|docker|all] [pytest args]
                           run the tests (default: all = unit, services, then docker), starting services itself
   bash run.sh lint        static checks (ruff, shell syntax)
   bash run.sh build       build the platform's images (docker mode; makes the base image when no registry gives it)
@@ -311,11 +311,12 @@ cmd_stack() {
 # ---------------------------------------------------------------------------------------------
 cmd_test() {
   local suite="all"
-  if [[ $# -gt 0 && "$1" =~ ^(unit|services|docker|all)$ ]]; then suite="$1"; shift; fi
+  if [[ $# -gt 0 && "$1" =~ ^(unit|services|faults|docker|all)$ ]]; then suite="$1"; shift; fi
   cmd_setup
   case "$suite" in
     unit) log "running the unit tests"; "$VENV_PY" -m pytest -m "not services and not docker" "$@" ;;
     services) log "running the service tests"; "$VENV_PY" -m pytest -m "services" "$@" ;;
+    faults) log "running the fault-injection suite"; "$VENV_PY" -m pytest -m "faults" "$@" tests/services ;;
     docker) test_docker "$@" ;;
     all)
       log "running the unit and service tests"
