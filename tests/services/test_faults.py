@@ -90,8 +90,9 @@ def test_a_fault_under_load_is_survived_without_a_human_and_loses_nothing(servic
             os.kill(pid, signal.SIGKILL)
             ended = time.monotonic()
             # Healthy means a new run answers: the old tree may answer for a moment after its main died.
-            eventually(lambda: local.main_pid(settings, service) not in (None, pid), timeout=RECOVERY_TIMEOUT_SECONDS,
-                       interval=0.1, what=f"{service} restarted by supervision")
+            eventually(lambda: local.main_pid(settings, service) not in (None, pid)
+                       and not local.group_alive(pid), timeout=RECOVERY_TIMEOUT_SECONDS, interval=0.1,
+                       what=f"{service} restarted by supervision, no process of the killed run left")
         else:
             os.killpg(pid, signal.SIGSTOP)
             try:
