@@ -11,7 +11,7 @@ import warnings
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
-from monitoring_service.drift import COLUMNS, DriftResult
+from monitoring_service.drift import DriftResult
 from monitoring_service.quality import LiveQuality
 from monitoring_service.retrain_policy import REASONS
 
@@ -40,8 +40,11 @@ class MonitoringMetrics:
                                  ("model_version",))
         self.window_labeled = gauge("window_labeled_predictions", "Labelled predictions of the champion in the "
                                     "last window.", ("model_version",))
-        self.drift_share = gauge("drift_share", "Share of features whose distribution drifted from the training "
-                                 "reference.", ("model_version",))
+        self.drift_share = gauge("drift_share", "Share of the champion's features whose distribution drifted from "
+                                 "the training reference.", ("model_version",))
+        self.watched_feature = gauge("drift_watched_feature", "1 for each feature whose drift the last window "
+                                     "watched: the champion's own features, those of its drift reference.",
+                                     ("feature", "model_version"))
         self.feature_drift = gauge("feature_drift_score", "Drift score (normed Wasserstein distance) of one feature "
                                    "or of the score against the training reference.", ("feature", "model_version"))
         self.feature_drifted = gauge("feature_drifted", "1 when the feature's drift score reached the threshold.",
@@ -75,12 +78,14 @@ class MonitoringMetrics:
     def publish_drift(self, version: str, result: DriftResult) -> None:
         self.clear_drift()
         self.drift_share.labels(version).set(result.share)
-        for column in COLUMNS:
-            self.feature_drift.labels(column, version).set(result.scores[column])
+        for feature in result.features:
+            self.watched_feature.labels(feature, version).set(1)
+        for column, score in result.scores.items():  # the watched features and the score
+            self.feature_drift.labels(column, version).set(score)
             self.feature_drifted.labels(column, version).set(float(result.drifted[column]))
 
     def clear_drift(self) -> None:
-        for gauge in (self.drift_share, self.feature_drift, self.feature_drifted):
+        for gauge in (self.drift_share, self.watched_feature, self.feature_drift, self.feature_drifted):
             gauge.clear()
 
     def publish_quality(self, version: str, quality: LiveQuality) -> None:

@@ -6,6 +6,9 @@ so the folder keeps the newest KEEP_REPORTS files.
 
 from __future__ import annotations
 
+import html
+import os
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,12 +27,18 @@ def report_name(window_end: datetime) -> str:
     return window_end.astimezone(UTC).strftime("%Y-%m-%dT%H-%M-%SZ") + ".html"
 
 
-def write_report(snapshot: Any, folder: Path, window_end: datetime, keep: int = KEEP_REPORTS) -> Path:
-    """Save the snapshot's HTML (written aside, then renamed: a reader never sees half a file) and prune."""
+def write_report(snapshot: Any, folder: Path, window_end: datetime, keep: int = KEEP_REPORTS,
+                 caption: str | None = None) -> Path:
+    """Save the snapshot's HTML (written aside, then renamed: a reader never sees half a file) and prune.
+
+    `caption` is shown above Evidently's page, which names columns but not the model they belong to.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / report_name(window_end)
-    partial = path.with_suffix(".part")
+    partial = folder / f".{path.stem}.{os.getpid()}.part"  # its own, should two services share the folder
     snapshot.save_html(str(partial))
+    if caption:
+        add_caption(partial, caption)
     partial.replace(path)
     for old in list_reports(folder)[keep:]:
         old.unlink(missing_ok=True)
@@ -41,3 +50,22 @@ def list_reports(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(folder.glob("*.html"), reverse=True)
+
+
+def add_caption(path: Path, caption: str) -> None:
+    """Put `caption` at the top of the page's body (at its end, should the page have no <body> tag)."""
+    page = path.read_text(encoding="utf-8")
+    banner = (f'<p id="report-caption" style="font-family: sans-serif; margin: 12px 16px">{html.escape(caption)}'
+              "</p>")
+    body = re.search(r"<body[^>]*>", page, re.IGNORECASE)
+    at = body.end() if body else len(page)
+    path.write_text(page[:at] + banner + page[at:], encoding="utf-8")
+
+
+def drift_caption(model_name: str, version: str, watched: tuple[str, ...], not_watched: tuple[str, ...]) -> str:
+    """Which model a report is about, and which features its drift watched."""
+    text = (f"Model {model_name} version {version}: drift of its features {', '.join(watched)} and of its score "
+            "against its training reference.")
+    if not_watched:
+        text += f" Not watched: {', '.join(not_watched)} (the model does not use them)."
+    return text

@@ -6,8 +6,9 @@
 It writes fresh stats for drivers SCENARIO_FIRST_ID.. into the offline and the online store, then runs
 bookings (model_serving.traffic) against the configured serving URL with those drivers as candidates.
 `--normal` draws stats the way the data generator does and outcomes from the generator's link, so
-drift stays low and live error is the model's usual. `--drifted` pushes conv_rate up to 0.9-1.0 and
-acc_rate down to 0.05-0.2, far from any training reference, and reports outcomes as if every driver
+drift stays low and live error is the model's usual. `--drifted` pushes conv_rate up to 0.9-1.0,
+acc_rate down to 0.05-0.2 and avg_daily_trips up to 50-80, far from any training reference, so a
+champion drifts whichever of the features it was trained on, and reports outcomes as if every driver
 were the worst one (P(completed) about 0.07): the model's scores no longer fit and live RMSE rises.
 Bounded like the traffic tool (count, rate, time) and only aimed at the configured serving URL.
 """
@@ -47,10 +48,12 @@ def normal_stats(driver_ids: Sequence[int], rng: np.random.Generator) -> pd.Data
 
 
 def drifted_stats(driver_ids: Sequence[int], rng: np.random.Generator) -> pd.DataFrame:
-    """The same drivers with rates far outside the training distribution; trips unchanged in law."""
+    """The same drivers with every feature far outside the training distribution (trips about 12 there), so a
+    champion trained on any subset of the features sees drift."""
     stats = normal_stats(driver_ids, rng)
     stats["conv_rate"] = rng.uniform(0.9, 1.0, len(stats)).round(4)
     stats["acc_rate"] = rng.uniform(0.05, 0.2, len(stats)).round(4)
+    stats["avg_daily_trips"] = rng.integers(50, 81, len(stats)).astype(np.int64)
     return stats
 
 

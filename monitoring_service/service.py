@@ -25,7 +25,7 @@ from monitoring_service.drift import compute_drift
 from monitoring_service.metrics import READY, MonitoringMetrics
 from monitoring_service.quality import live_quality
 from monitoring_service.reference import Champion, NoReference, ReferenceCache, find_champion
-from monitoring_service.reports import report_folder, write_report
+from monitoring_service.reports import drift_caption, report_folder, write_report
 from monitoring_service.retrain_policy import Breach, RetrainPolicy, breaches
 from monitoring_service.window import Window, read_labeled, read_predictions
 
@@ -46,6 +46,7 @@ class Evaluation:
     model_version: str | None = None
     predictions: int = 0
     labeled: int = 0
+    watched_features: list[str] | None = None  # the champion's features whose drift was computed
     drift_share: float | None = None
     live_rmse: float | None = None
     report: str | None = None
@@ -70,6 +71,7 @@ class Monitor:
         self.airflow = airflow_client
         self.trigger = trigger or self._trigger_training
         self.references = ReferenceCache(mlflow_client)
+        self._watching: tuple[str, tuple[str, ...]] | None = None  # (version, features) last announced in the log
         self.policy = RetrainPolicy(timedelta(minutes=settings.retrain_sustain_minutes),
                                     timedelta(minutes=settings.retrain_cooldown_minutes))
 
@@ -160,13 +162,25 @@ class Monitor:
             result.skipped.append(f"drift: {type(exc).__name__}: {exc}")
             return None
         self.metrics.publish_drift(champion.version, drift)
-        result.drift_share = drift.share
+        result.watched_features, result.drift_share = list(drift.features), drift.share
+        self._announce(champion, drift.features, drift.not_watched)
+        caption = drift_caption(champion.name, champion.version, drift.features, drift.not_watched)
         try:
-            result.report = str(write_report(drift.snapshot, report_folder(self.settings), window.end))
+            result.report = str(write_report(drift.snapshot, report_folder(self.settings), window.end,
+                                             caption=caption))
         except OSError as exc:
             self.metrics.evaluation_errors.labels("report").inc()
             result.skipped.append(f"report: could not be written: {exc}")
         return drift.share
+
+    def _announce(self, champion: Champion, features: tuple[str, ...], not_watched: tuple[str, ...]) -> None:
+        """One log line whenever the watched features change (a new champion, or one on other features)."""
+        if self._watching == (champion.version, features):
+            return
+        self._watching = (champion.version, features)
+        log.info("drift watches the champion's features", extra={
+            "model_version": champion.version, "watched_features": list(features),
+            "not_watched": list(not_watched), "source": "the features of its drift reference"})
 
     def _quality(self, champion: Champion, labeled, result: Evaluation) -> float | None:
         minimum = self.settings.monitor_min_rows

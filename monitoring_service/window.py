@@ -2,6 +2,8 @@
 
 Only the champion's version is read: its training reference is what the drift is measured against,
 and its scores are what live error is about. Both reads are plain SQL on the prediction store.
+Every logged feature is read; a champion trained on fewer has nulls in the others, and drift keeps
+only its own (monitoring_service.drift.watched_features).
 """
 
 from __future__ import annotations

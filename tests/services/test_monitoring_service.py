@@ -7,6 +7,9 @@ fire no drift alert; drifted bookings (monitoring_service.scenario's shifted sta
 raise the drift share, fire DataDriftDetected, and start exactly one `training` run per cool-down,
 also across a restart.
 
+A champion trained on one feature only (`--features avg_daily_trips`) must have its drift computed
+on that feature by the platform's service, and drifted trips must raise its drift share to 1.
+
 The numbers and the trigger are checked on a second service process started here with a short
 interval, sustain and cool-down, on a port of its own. Alerts are checked twice: the platform's
 Prometheus (scraping the platform's service) must hold DataDriftDetected pending, its `for: 15m` being
@@ -22,10 +25,12 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 import urllib.request
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,7 +42,15 @@ from monitoring_service.scenario import drifted_stats, write_driver_stats
 from monitoring_service.trigger_store import TRIGGERS_TABLE
 from tests.conftest import REPO_ROOT, run_sh
 from tests.monitoring_config import RULES_DIR
-from tests.services.monitored_traffic import SOURCE, book, book_and_wait_for_the_outcomes, metrics, wait_for
+from tests.services.monitored_traffic import (
+    FIRST_ID,
+    SOURCE,
+    book,
+    book_and_wait_for_the_outcomes,
+    metrics,
+    post,
+    wait_for,
+)
 
 PORT_OFFSET = 50  # the second service and Prometheus listen on the platform's ports + this
 ALERT_FOR = "2s"  # every rule's `for` in the second Prometheus
@@ -156,13 +169,20 @@ def test_undrifted_traffic_gives_a_low_drift_share_and_the_hand_computed_live_rm
     assert undrifted["monitoring_retraining_triggered_total{reason=\"drift\"}"] == 0.0
 
 
-def test_the_window_report_is_served(undrifted, second_service):
-    with urllib.request.urlopen(f"{second_service['url']}/reports/", timeout=10) as response:
+def newest_report(url: str) -> str:
+    """The newest report a service lists on /reports/."""
+    with urllib.request.urlopen(f"{url}/reports/", timeout=10) as response:
         index = response.read().decode()
     name = index.split('<a href="', 1)[1].split('"', 1)[0]
-    with urllib.request.urlopen(f"{second_service['url']}/reports/{name}", timeout=30) as response:
-        page = response.read()
-    assert page.lstrip().lower().startswith(b"<!doctype html>") and b"root_metric_" in page, page[:200]
+    with urllib.request.urlopen(f"{url}/reports/{name}", timeout=30) as response:
+        return response.read().decode()
+
+
+def test_the_window_report_is_served(undrifted, second_service, monitored_champion):
+    page = newest_report(second_service["url"])
+    assert page.lstrip().lower().startswith("<!doctype html>") and "root_metric_" in page, page[:200]
+    assert f"version {monitored_champion['version']}: drift of its features conv_rate, acc_rate, avg_daily_trips" \
+        in page, "the caption names the model and the features watched"
 
 
 def test_undrifted_traffic_fires_no_drift_alert(undrifted, alerting_prometheus, monitored_champion):
@@ -267,3 +287,75 @@ def test_the_scenario_verb_books_drifted_trips_that_reach_the_prediction_log(dri
     finally:
         with connect(settings) as conn, conn.cursor() as cur:
             cur.execute(f"delete from {STATS_TABLE} where source = %s", (SCENARIO_SOURCE,))
+
+
+# ---------------------------------------------------------------------------------------------
+# A champion trained on a subset of the features
+# ---------------------------------------------------------------------------------------------
+SUBSET = ["avg_daily_trips"]
+
+
+@pytest.fixture
+def subset_champion(monitored_champion, monitored_drivers, settings):
+    """A pipeline on SUBSET only, its drift reference holding SUBSET and its score (as training logs it),
+    served as the champion; the module's champion is served again afterwards."""
+    import mlflow
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from data_pipeline.generate import completion_logit
+    from training_pipeline import tracking
+
+    stats = monitored_drivers.astype({name: np.float64 for name in ("conv_rate", "acc_rate", "avg_daily_trips")})
+    y = 1 / (1 + np.exp(-completion_logit(stats["conv_rate"], stats["acc_rate"], stats["avg_daily_trips"])))
+    x = stats[SUBSET]
+    pipeline = Pipeline([("scale", StandardScaler()), ("ridge", Ridge(alpha=0.1))]).fit(x, y)
+    client = tracking.client(settings.mlflow_tracking_uri)
+    with mlflow.start_run(experiment_id=tracking.experiment_id(client, "monitoring-test")), \
+            tempfile.TemporaryDirectory() as folder:
+        info = mlflow.sklearn.log_model(pipeline, name="model", registered_model_name=settings.model_name,
+                                        signature=infer_signature(x, pipeline.predict(x)))
+        path = Path(folder) / "reference.parquet"
+        x.assign(score=pipeline.predict(x)).to_parquet(path, index=False)
+        mlflow.log_artifact(str(path), "reference")
+    version = str(info.registered_model_version)
+    client.set_registered_model_alias(settings.model_name, settings.model_alias, version)
+    try:
+        wait_for(lambda: post(f"{settings.serving_url}/predict", {"request_id": f"subset-probe-{version}",
+                                                                  "driver_ids": [FIRST_ID]})["model"]["version"]
+                 == version, 60, f"the API serving version {version}")
+        yield version
+    finally:
+        client.set_registered_model_alias(settings.model_name, settings.model_alias, monitored_champion["version"])
+
+
+def test_a_champion_on_a_subset_of_the_features_has_its_drift_watched_on_them(subset_champion, monitored_drivers,
+                                                                              settings):
+    """The platform's own service (it never retrains in tests): drift on avg_daily_trips and the score only,
+    no drift error, and drifted trips give a share of 1 and a pending DataDriftDetected."""
+    version, url = subset_champion, settings.monitoring_service_url
+    errors = metrics(url)['monitoring_evaluation_errors_total{step="drift"}']
+    shifted = drifted_stats(monitored_drivers["driver_id"].tolist(), np.random.default_rng(13))
+    write_driver_stats(settings, shifted, datetime.now(UTC), SOURCE)
+    book(settings, shifted, drifted=True, requests=60, seed=3)
+
+    share = f'monitoring_drift_share{{model_version="{version}"}}'
+    gauges = wait_for(lambda: (m := metrics(url)).get(share) is not None and m, 90,
+                      f"the platform's monitoring service publishing {share}")
+    assert gauges[share] == 1.0, gauges[share]
+    labelled = [name for name in gauges if f'model_version="{version}"' in name]
+    watched = sorted(name for name in labelled if name.startswith("monitoring_drift_watched_feature{"))
+    assert watched == [f'monitoring_drift_watched_feature{{feature="avg_daily_trips",model_version="{version}"}}']
+    scored = sorted(name.split('feature="', 1)[1].split('"', 1)[0] for name in labelled
+                    if name.startswith("monitoring_feature_drift_score{"))
+    assert scored == ["avg_daily_trips", "score"]
+    assert gauges['monitoring_evaluation_errors_total{step="drift"}'] == errors
+    caption = f"version {version}: drift of its features avg_daily_trips and of its score"
+    wait_for(lambda: caption in newest_report(url) and "Not watched: conv_rate, acc_rate" in newest_report(url), 30,
+             f"the newest report saying {caption!r}")
+    wait_for(lambda: [a for a in alerts(settings.prometheus_url, "DataDriftDetected", version)
+                      if a["state"] in ("pending", "firing")], 150,
+             "DataDriftDetected pending for the subset champion", poll=5)

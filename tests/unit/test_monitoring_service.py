@@ -13,15 +13,16 @@ from prometheus_client import CollectorRegistry
 
 from mlops_platform.settings import load_settings
 from monitoring_service.airflow_runs import count_failed
-from monitoring_service.drift import COLUMNS, compute_drift, value_drift_scores
+from monitoring_service.drift import compute_drift, value_drift_scores, watched_features
 from monitoring_service.metrics import MonitoringMetrics
 from monitoring_service.quality import live_quality
 from monitoring_service.reference import Champion
-from monitoring_service.reports import list_reports, report_name, write_report
+from monitoring_service.reports import add_caption, list_reports, report_name, write_report
 from monitoring_service.retrain_policy import DRIFT, LIVE_RMSE, Breach, RetrainPolicy, breaches
 from monitoring_service.service import Monitor, trigger_note
 
 T0 = datetime(2024, 9, 15, 12, 0, tzinfo=UTC)
+COLUMNS = ("conv_rate", "acc_rate", "avg_daily_trips", "score")
 
 
 def frame(rng: np.random.Generator, n: int, conv_shift: float = 0.0, acc_shift: float = 0.0) -> pd.DataFrame:
@@ -53,6 +54,49 @@ def test_a_reference_without_the_expected_columns_is_refused_with_what_it_lacks(
     rng = np.random.default_rng(2)
     with pytest.raises(ValueError, match=r"lacks \['score'\]"):
         compute_drift(frame(rng, 100).drop(columns="score"), frame(rng, 100))
+    with pytest.raises(ValueError, match=r"lacks \['acc_rate'\]"):
+        compute_drift(frame(rng, 100), frame(rng, 100).drop(columns="acc_rate"))
+
+
+# ---- a champion trained on a subset of the features -------------------------------------------
+def one_feature(rng: np.random.Generator, n: int, trips_mean: float = 12.0) -> pd.DataFrame:
+    """What training logs as the reference of a champion on avg_daily_trips only: that feature and the score."""
+    trips = rng.poisson(trips_mean, n).astype(float)
+    return pd.DataFrame({"avg_daily_trips": trips, "score": 0.3 + 0.02 * trips})
+
+
+def as_logged(reference_like: pd.DataFrame) -> pd.DataFrame:
+    """The same rows as the prediction log holds them: every logged feature, null where the model uses none."""
+    return reference_like.reindex(columns=list(COLUMNS))
+
+
+def test_drift_is_computed_on_the_features_of_a_one_feature_reference() -> None:
+    rng = np.random.default_rng(20)
+    reference = one_feature(rng, 3000)
+    assert watched_features(reference) == ("avg_daily_trips",)
+
+    steady = compute_drift(reference, as_logged(one_feature(rng, 300)))
+    assert steady.features == ("avg_daily_trips",) and steady.not_watched == ("conv_rate", "acc_rate")
+    assert set(steady.scores) == {"avg_daily_trips", "score"} and steady.share == 0.0, steady.scores
+
+    shifted = compute_drift(reference, as_logged(one_feature(rng, 300, trips_mean=40.0)))
+    assert shifted.drifted == {"avg_daily_trips": True, "score": True}
+    assert shifted.share == 1.0, "the share counts the watched features only"
+
+
+def test_a_reference_naming_a_feature_the_prediction_log_lacks_is_refused_saying_so() -> None:
+    rng = np.random.default_rng(21)
+    with pytest.raises(ValueError, match=r"the prediction log has no column for \['surge'\]"):
+        watched_features(one_feature(rng, 10).assign(surge=1.0))
+    with pytest.raises(ValueError, match=r"found none"):
+        watched_features(one_feature(rng, 10)[["score"]])
+
+
+def test_a_watched_feature_with_only_nulls_in_the_window_is_refused_saying_so() -> None:
+    rng = np.random.default_rng(22)
+    window = as_logged(one_feature(rng, 50)).assign(avg_daily_trips=np.nan)
+    with pytest.raises(ValueError, match=r"expected values of \['avg_daily_trips'\] in the window, found only nulls"):
+        compute_drift(one_feature(rng, 500), window)
 
 
 def test_value_drift_scores_reads_only_value_drift_metrics() -> None:
@@ -167,6 +211,41 @@ def test_labelled_window_publishes_live_metrics_by_model_version(monkeypatch, tm
     assert samples(registry, "monitoring_live_rmse") == {(("model_version", "7"),): pytest.approx(
         math.sqrt((0.04 + 0.09) / 2))}
     assert samples(registry, "monitoring_live_roc_auc") == {(("model_version", "7"),): 1.0}
+
+
+def test_a_subset_champion_has_its_drift_computed_published_and_reported_on_its_own_features(
+        monkeypatch, tmp_path, caplog) -> None:
+    from monitoring_service import service
+
+    rng = np.random.default_rng(23)
+    rows = [tuple(row) for row in as_logged(one_feature(rng, 60, trips_mean=40.0)).to_numpy()]
+    monitor, registry, triggered = make_monitor(monkeypatch, tmp_path, rows, [], reference=one_feature(rng, 2000),
+                                                retrain_sustain_minutes=1.0, retrain_cooldown_minutes=60.0)
+    monkeypatch.setattr(service.trigger_store, "record_trigger", lambda settings, record: None)
+    with caplog.at_level("INFO", logger="monitoring-service"):
+        results = [monitor.evaluate(T0 + timedelta(minutes=minute)) for minute in range(3)]
+
+    assert registry.get_sample_value("monitoring_evaluation_errors_total", {"step": "drift"}) == 0.0
+    assert results[0].watched_features == ["avg_daily_trips"] and results[0].drift_share == 1.0, results[0].skipped
+    assert samples(registry, "monitoring_drift_watched_feature") == {
+        (("feature", "avg_daily_trips"), ("model_version", "7")): 1.0}
+    assert {dict(labels)["feature"] for labels in samples(registry, "monitoring_feature_drift_score")} == {
+        "avg_daily_trips", "score"}
+    assert len(triggered) == 1 and "monitoring_drift_share = 1.0000" in triggered[0], "the trigger can fire"
+    announced = [r for r in caplog.records if r.getMessage() == "drift watches the champion's features"]
+    assert [(r.model_version, r.watched_features, r.not_watched) for r in announced] == [
+        ("7", ["avg_daily_trips"], ["conv_rate", "acc_rate"])], "said once, not at every evaluation"
+    report = list_reports(tmp_path / "monitoring" / "reports")[0].read_text()
+    assert ("version 7: drift of its features avg_daily_trips and of its score" in report
+            and "Not watched: conv_rate, acc_rate" in report)
+
+
+def test_a_caption_goes_at_the_top_of_the_body_escaped(tmp_path) -> None:
+    page = tmp_path / "r.html"
+    page.write_text("<!doctype html><html><body class='x'><div>report</div></body></html>")
+    add_caption(page, "version 7 <watched>")
+    assert page.read_text().startswith("<!doctype html><html><body class='x'><p id=\"report-caption\"")
+    assert "version 7 &lt;watched&gt;</p><div>report</div>" in page.read_text()
 
 
 # ---- retraining policy ------------------------------------------------------------------------
