@@ -365,21 +365,11 @@ def test_a_kafka_outage_and_an_api_restart_lose_no_event_and_keep_their_order(ap
 def test_prediction_and_feedback_events_follow_the_contract(api, settings):
     import json
 
-    from kafka import KafkaConsumer, TopicPartition
-
     topics = (settings.predictions_topic, settings.ground_truth_topic)
     warm_up = predict(api, FRESH[:1]).json()["request_id"]  # both topics exist once an event was sent to each
     httpx.post(f"{api}/feedback", json={"request_id": warm_up, "driver_id": FRESH[0], "trip_completed": 1})
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False)
+    tail = TopicTail(settings)
     try:
-        eventually(lambda: topics[0] in consumer.topics() and topics[1] in consumer.topics()
-                   and all(consumer.partitions_for_topic(t) for t in topics), timeout=60, what="both topics exist")
-        partitions = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t)]
-        consumer.assign(partitions)
-        consumer.seek_to_end()
-        for tp in partitions:
-            consumer.position(tp)
-
         request_id = f"contract-{uuid.uuid4().hex[:12]}"
         body = predict(api, [FRESH[2], UNKNOWN, FRESH[3]], request_id=request_id).json()
         feedback = httpx.post(f"{api}/feedback", json={"request_id": request_id, "driver_id": FRESH[3],
@@ -388,15 +378,14 @@ def test_prediction_and_feedback_events_follow_the_contract(api, settings):
         seen: dict[str, list[dict]] = {t: [] for t in topics}
 
         def collected() -> bool:
-            for records in consumer.poll(timeout_ms=500).values():
-                for record in records:
-                    if record.key == request_id.encode():
-                        seen[record.topic].append(json.loads(record.value))
+            ours = [r for r in tail.poll() if r.key == request_id.encode()]
+            for topic in topics:
+                seen[topic] = [json.loads(r.value) for r in ours if r.topic == topic]
             return len(seen[topics[0]]) == 2 and len(seen[topics[1]]) == 1
 
         eventually(collected, timeout=60, interval=0.1, what="2 prediction events and 1 feedback event")
     finally:
-        consumer.close()
+        tail.close()
 
     scores = {s["driver_id"]: s["score"] for s in body["scores"]}
     for event in seen[settings.predictions_topic]:
