@@ -265,7 +265,7 @@ cmd_setup() {
 # Stacks
 # ---------------------------------------------------------------------------------------------
 compose_env() {
-  # The build secret's CA bundle: BUILD_CA_BUNDLE, else the host's system bundle (mlops_platform/docker_mode.py).
+  # The build secret's CA bundle: BUILD_CA_BUNDLE, else the host's system bundle (mlops_platform/compose_project.py).
   if [[ -z "${BUILD_CA_BUNDLE:-}" ]]; then
     BUILD_CA_BUNDLE="$(env_value BUILD_CA_BUNDLE "")"
     [[ -n "$BUILD_CA_BUNDLE" ]] || { [[ -f /etc/ssl/certs/ca-certificates.crt ]] && BUILD_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt; } \
@@ -375,10 +375,10 @@ cmd_scenario() {
   resolve_mode
   if [[ "$MODE" == docker ]]; then
     # Inside the monitoring service's container: our code, and the service names resolve.
-    compose --profile monitoring exec -T monitoring-service python -m monitoring_service.scenario "$@"
+    compose --profile monitoring exec -T monitoring-service python -m simulation.drift_scenario "$@"
   else
     [[ -x "$VENV_PY" ]] || cmd_setup
-    "$VENV_PY" -m monitoring_service.scenario "$@"
+    "$VENV_PY" -m simulation.drift_scenario "$@"
   fi
 }
 
@@ -390,7 +390,7 @@ cmd_demo() {
     cmd_urls
   else
     [[ -x "$VENV_PY" ]] || cmd_setup
-    "$VENV_PY" -m mlops_platform.demo
+    "$VENV_PY" -m simulation.demo
   fi
 }
 

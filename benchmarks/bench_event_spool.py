@@ -23,10 +23,11 @@ import time
 from pathlib import Path
 
 from benchmarks.common import print_table
+from feast_repo.features import FEATURE_NAMES
 from model_serving.event_spool import SpoolReader, SpoolWriter
 from model_serving.events import PredictionRecord, messages_from_wire
 
-FEATURES = ("conv_rate", "acc_rate", "avg_daily_trips")
+FEATURES = FEATURE_NAMES
 
 
 def record(i: int) -> bytes:

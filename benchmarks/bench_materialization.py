@@ -19,12 +19,15 @@ import pandas as pd
 
 from benchmarks.common import print_table
 from data_pipeline import materialize as mat
-from data_pipeline.offline_store import STATS_TABLE, connect, ensure_schema
+from data_pipeline.offline_store import STATS_TABLE, ensure_schema
+from feast_repo.features import FEATURE_NAMES, FEATURE_VIEW
+from mlops_platform.feature_store import feature_store
+from mlops_platform.postgres import connect
 
 WINDOW_START = datetime(2019, 6, 1, tzinfo=UTC)
 WINDOW_END = WINDOW_START + timedelta(days=1)
 FIRST_ID = 50_000_000
-FEATURES = ["conv_rate", "acc_rate", "avg_daily_trips"]
+FEATURES = list(FEATURE_NAMES)
 
 
 def load_rows(n: int, seed: int = 7) -> None:
@@ -51,7 +54,7 @@ def clear_keys(store, n: int) -> None:
 
 
 def read_back(store, sample: list[int]) -> pd.DataFrame:
-    frame = store.get_online_features(features=[f"{mat.FEATURE_VIEW}:{f}" for f in FEATURES],
+    frame = store.get_online_features(features=[f"{FEATURE_VIEW}:{f}" for f in FEATURES],
                                       entity_rows=[{"driver_id": d} for d in sample]).to_df()
     return frame.set_index("driver_id").sort_index()[FEATURES]
 
@@ -61,7 +64,7 @@ def run(n: int, store) -> tuple:
     sample = sorted(np.random.default_rng(1).choice(np.arange(FIRST_ID, FIRST_ID + n), 2000, replace=False).tolist())
     clear_keys(store, n)
     began = time.perf_counter()
-    store.materialize(start_date=WINDOW_START, end_date=WINDOW_END, feature_views=[mat.FEATURE_VIEW])
+    store.materialize(start_date=WINDOW_START, end_date=WINDOW_END, feature_views=[FEATURE_VIEW])
     feast_seconds = time.perf_counter() - began
     by_feast = read_back(store, sample)
 
@@ -81,7 +84,7 @@ def main() -> int:
     parser.add_argument("--drivers", type=int, nargs="+", default=[100_000, 1_000_000])
     args = parser.parse_args()
     ensure_schema()
-    store = mat.feature_store()
+    store = feature_store()
     rows = [run(n, store) for n in args.drivers]
     print_table("Materialization into Redis (one row per driver)",
                 ("drivers", "feast s", "feast rows/s", "ours s", "ours rows/s", "speed-up", "same values"), rows)

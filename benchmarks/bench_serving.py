@@ -32,35 +32,33 @@ import argparse
 import asyncio
 import gc
 import os
-import random
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from benchmarks.common import machine, print_table
+from benchmarks.serving_load import (
+    DRIVERS,
+    FIRST_ID,
+    MAX_IN_FLIGHT,
+    REQUEST_TIMEOUT_SECONDS,
+    Ladder,
+    Run,
+    climb,
+    composition_call,
+    open_loop,
+    ours_call,
+)
+from benchmarks.serving_servers import Server, feast_server, mlflow_server, our_server
 from mlops_platform.settings import REPO_ROOT, Settings, get_settings
 
-FIRST_ID = 60_000_000
-DRIVERS = 2_000
-FEATURES = ["conv_rate", "acc_rate", "avg_daily_trips"]
-FEATURE_SERVICE = "driver_trip_completion"
 GOAL_RATE, GOAL_P99_MS, GOAL_RATIO = 200.0, 10.0, 3.0
-REQUEST_TIMEOUT_SECONDS = 2.0
-MAX_IN_FLIGHT = 1_000
-START_TIMEOUT_SECONDS = 180.0
-STABLE_SECONDS = 3.0
-LADDER_START, LADDER_FACTOR, LADDER_MAX = 25.0, 1.4, 4_000.0
-HOST = "127.0.0.1"
-PORTS = {"ours": 24880, "feast": 24881, "mlflow": 24882}
 
 
 # ---- data and model ---------------------------------------------------------------------------
@@ -72,7 +70,8 @@ def prepare_drivers(settings: Settings) -> None:
     import pandas as pd
 
     from data_pipeline.materialize import materialize_interval
-    from data_pipeline.offline_store import STATS_TABLE, connect, ensure_schema
+    from data_pipeline.offline_store import STATS_TABLE, ensure_schema
+    from mlops_platform.postgres import connect
 
     ensure_schema(settings)
     rng = np.random.default_rng(11)
@@ -97,16 +96,13 @@ def prepare_drivers(settings: Settings) -> None:
 def ensure_champion(settings: Settings) -> str:
     """The champion's version; registers a tiny synthetic pipeline when the registry has none."""
     import mlflow
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
-    client = MlflowClient(settings.mlflow_tracking_uri)
-    try:
-        return str(client.get_model_version_by_alias(settings.model_name, settings.model_alias).version)
-    except MlflowException:
-        pass
+    from mlops_platform import model_registry
+
+    client = model_registry.client(settings.mlflow_tracking_uri)
+    champion = model_registry.find_champion(client, settings.model_name, settings.model_alias)
+    if champion is not None:
+        return champion.version
     import mlflow.sklearn
     import numpy as np
     import pandas as pd
@@ -128,245 +124,6 @@ def ensure_champion(settings: Settings) -> str:
     client.set_registered_model_alias(settings.model_name, settings.model_alias, version)
     print(f"no {settings.model_alias!r} model in the registry: registered a synthetic one as version {version}")
     return version
-
-
-# ---- servers ----------------------------------------------------------------------------------
-@dataclass
-class Server:
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    ready_url: str
-    cwd: Path = REPO_ROOT
-    process: subprocess.Popen | None = None
-    log: Path | None = None
-
-    def start(self, log_dir: Path, attempts: int = 3) -> None:
-        """Start and wait until ready and still up a few seconds later: `feast serve --workers N` sometimes
-        loses a worker at boot (its registry connection is shared across the fork) and then exits."""
-        for attempt in range(1, attempts + 1):
-            self._start_once(log_dir)
-            time.sleep(STABLE_SECONDS)
-            if self.process is not None and self.process.poll() is None and _answers(self.ready_url):
-                return
-            print(f"  {self.name} did not stay up after start (attempt {attempt}); see {self.log}", flush=True)
-            self.stop()
-        raise RuntimeError(f"{self.name} did not stay up after {attempts} starts; see {self.log}")
-
-    def _start_once(self, log_dir: Path) -> None:
-        self.log = log_dir / f"{self.name}.log"
-        # The venv's bin first: `mlflow models serve` runs `uvicorn` found on the PATH.
-        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-        with open(self.log, "ab") as out:
-            self.process = subprocess.Popen(self.argv, cwd=self.cwd, env={**os.environ, "PATH": path, **self.env},
-                                            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode} during start-up; see {self.log}")
-            if _answers(self.ready_url):
-                return
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"{self.name} did not answer {self.ready_url} within {START_TIMEOUT_SECONDS:.0f}s; "
-                           f"see {self.log}")
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-        except ProcessLookupError:
-            pass
-        self.process = None
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def our_server(settings: Settings, workers: int, home: Path) -> Server:
-    port = PORTS["ours"]
-    env = {"SERVING_PORT": str(port), "SERVING_WORKERS": str(workers), "SERVING_AUTH": "off",
-           "PLATFORM_HOME": str(home), "LOG_LEVEL": "WARNING", "LISTEN_ADDRESS": HOST,
-           "PYTHONPATH": str(REPO_ROOT)}
-    return Server(f"ours-{workers}w", [sys.executable, "-m", "model_serving.api"], env,
-                  f"http://{HOST}:{port}/ready")
-
-
-def feast_server(settings: Settings, tuned: bool) -> Server:
-    port = PORTS["feast"]
-    argv = [str(Path(sys.executable).parent / "feast"), "-c", str(REPO_ROOT / "feast_repo"), "serve",
-            "-h", HOST, "-p", str(port)]
-    if tuned:
-        argv += ["--workers", str(os.cpu_count() or 1), "--no-access-log", "--max-requests", "0"]
-    return Server(f"feast-serve{'-tuned' if tuned else ''}", argv, settings.feast_environment(),
-                  f"http://{HOST}:{port}/health")
-
-
-def mlflow_server(settings: Settings, workers: int) -> Server:
-    port = PORTS["mlflow"]
-    argv = [sys.executable, "-m", "mlflow", "models", "serve", "-m", settings.model_uri, "--env-manager", "local",
-            "-h", HOST, "-p", str(port), "-w", str(workers)]
-    return Server(f"mlflow-serve-{workers}w", argv, {"MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri},
-                  f"http://{HOST}:{port}/ping")
-
-
-# ---- the two ways to rank drivers -------------------------------------------------------------
-class Ranked(Exception):
-    """A response that is not a ranking."""
-
-
-def ours_call(client) -> Callable[[list[int]], Awaitable[list[int]]]:
-    url = f"http://{HOST}:{PORTS['ours']}/predict"
-
-    async def call(ids: list[int]) -> list[int]:
-        response = await client.post(url, json={"driver_ids": ids})
-        if response.status_code != 200:
-            raise Ranked(f"/predict answered {response.status_code}: {response.text[:200]}")
-        return response.json()["ranking"]
-    return call
-
-
-def composition_call(client) -> Callable[[list[int]], Awaitable[list[int]]]:
-    """Features from the feature server, matched by name, scored by the model server, ranked here."""
-    features_url = f"http://{HOST}:{PORTS['feast']}/get-online-features"
-    model_url = f"http://{HOST}:{PORTS['mlflow']}/invocations"
-
-    async def call(ids: list[int]) -> list[int]:
-        response = await client.post(features_url, json={"feature_service": FEATURE_SERVICE,
-                                                         "entities": {"driver_id": ids}})
-        if response.status_code != 200:
-            raise Ranked(f"feature server answered {response.status_code}: {response.text[:200]}")
-        body = response.json()
-        names = body["metadata"]["feature_names"]
-        columns = {name: body["results"][i]["values"] for i, name in enumerate(names)}
-        rows, scored = [], []
-        for position, driver_id in enumerate(columns["driver_id"]):
-            row = [columns[f][position] for f in FEATURES]
-            if None not in row:
-                rows.append(row)
-                scored.append(driver_id)
-        if not rows:
-            return []
-        response = await client.post(model_url, json={"dataframe_split": {"columns": FEATURES, "data": rows}})
-        if response.status_code != 200:
-            raise Ranked(f"model server answered {response.status_code}: {response.text[:200]}")
-        scores = response.json()["predictions"]
-        return [d for _, d in sorted(zip(scores, scored, strict=True), key=lambda p: (-p[0], p[1]))]
-    return call
-
-
-# ---- open-loop load ---------------------------------------------------------------------------
-@dataclass
-class Run:
-    rate: float
-    sent: int
-    ok: int
-    errors: int
-    seconds: float
-    latencies_ms: list[float] = field(default_factory=list)
-    first_error: str = ""
-
-    def quantile(self, q: float) -> float:
-        if not self.latencies_ms:
-            return float("inf")
-        ordered = sorted(self.latencies_ms)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-    @property
-    def achieved(self) -> float:
-        return self.ok / self.seconds if self.seconds else 0.0
-
-    def held(self, slo_ms: float) -> bool:
-        return self.errors == 0 and self.quantile(0.99) <= slo_ms and self.achieved >= 0.97 * self.rate
-
-
-async def open_loop(call: Callable[[list[int]], Awaitable[list[int]]], rate: float, seconds: float, size: int,
-                    seed: int = 1) -> Run:
-    """Send `rate` requests a second for `seconds`; each latency counts from its scheduled send time."""
-    rng = random.Random(seed)
-    loop = asyncio.get_running_loop()
-    count = max(1, int(rate * seconds))
-    run = Run(rate, 0, 0, 0, 0.0)
-    in_flight: set[asyncio.Task] = set()
-    start = loop.time() + 0.05
-    last_done = start
-
-    async def one(scheduled: float, ids: list[int]) -> None:
-        nonlocal last_done
-        try:
-            async with asyncio.timeout(REQUEST_TIMEOUT_SECONDS):
-                ranking = await call(ids)
-            if size and not ranking:
-                raise Ranked("empty ranking")
-            run.ok += 1
-            done = loop.time()
-            run.latencies_ms.append((done - scheduled) * 1000)
-            last_done = max(last_done, done)
-        except Exception as exc:  # timeouts, refused connections, bad answers: all are errors of the run
-            run.errors += 1
-            run.first_error = run.first_error or f"{type(exc).__name__}: {exc}"[:200]
-
-    for i in range(count):
-        scheduled = start + i / rate
-        delay = scheduled - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        if len(in_flight) >= MAX_IN_FLIGHT:
-            run.errors += 1
-            run.first_error = run.first_error or f"more than {MAX_IN_FLIGHT} requests in flight"
-            continue
-        ids = [FIRST_ID + j for j in rng.sample(range(DRIVERS), size)]
-        task = asyncio.create_task(one(scheduled, ids))
-        in_flight.add(task)
-        task.add_done_callback(in_flight.discard)
-        run.sent += 1
-    if in_flight:
-        await asyncio.wait(in_flight)
-    run.seconds = max(last_done - start, count / rate)
-    return run
-
-
-@dataclass
-class Ladder:
-    """Open-loop steps of growing rate until one fails even when retried; every step is kept."""
-
-    steps: list[Run] = field(default_factory=list)
-
-    def max_rate(self, slo_ms: float) -> float:
-        """The highest rate held (p99 <= slo_ms, no errors, >= 97% delivered) before the first step that was not."""
-        best = 0.0
-        for run in self.steps:
-            if not run.held(slo_ms):
-                break
-            best = run.rate
-        return best
-
-
-async def climb(call, size: int, seconds: float, slo_ms: float) -> Ladder:
-    """Rates LADDER_START * LADDER_FACTOR^k until a step misses `slo_ms` twice in a row (a retry absorbs a
-    stall caused by another job on the machine; the retry is what is recorded)."""
-    ladder, rate = Ladder(), LADDER_START
-    while rate <= LADDER_MAX:
-        run = await open_loop(call, rate, seconds, size, seed=int(rate))
-        if not run.held(slo_ms):
-            await asyncio.sleep(1.0)
-            run = await open_loop(call, rate, seconds, size, seed=int(rate) + 1)
-        ladder.steps.append(run)
-        if not run.held(slo_ms):
-            break
-        rate = round(rate * LADDER_FACTOR)
-    return ladder
 
 
 # ---- cells ------------------------------------------------------------------------------------
@@ -439,7 +196,8 @@ def run_cell(starters: list[Callable[[], Server]], call_factory, size: int, seco
             server.stop()
 
 
-def main() -> int:
+# ---- main -------------------------------------------------------------------------------------
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--drivers", type=int, nargs="+", default=[1, 10], help="drivers per request")
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each run")
@@ -452,7 +210,78 @@ def main() -> int:
     parser.add_argument("--systems", nargs="+", default=None, help="subset of: ours-1 ours-N composition-default "
                         "composition-tuned")
     parser.add_argument("--prepare-only", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def check_same_rankings(settings: Settings, table: dict, log_dir: Path) -> None:
+    """With one worker of ours and the default composition up, print whether both rank alike."""
+    starters = table["ours-1"][2] + table["composition-default"][2]
+    servers = [start() for start in starters]
+    try:
+        for server in servers:
+            server.start(log_dir)
+        print(f"same rankings from both ways: {'yes' if asyncio.run(same_rankings(settings)) else 'NO'}")
+    finally:
+        for server in reversed(servers):
+            server.stop()
+
+
+def measure_cell(system: tuple, size: int, args: argparse.Namespace, slos: list[float], log_dir: Path) -> Cell:
+    """One system at one request size, once the machine is quiet; prints a line as it ends."""
+    what, config, starters, call_factory = system
+    began, load_start = time.monotonic(), wait_for_quiet(args.quiet_load, args.quiet_wait)
+    at_goal, ladder = run_cell(starters, call_factory, size, args.seconds, max(slos), args.repeats, log_dir)
+    cell = Cell(what, config, size, at_goal, ladder, (load_start, os.getloadavg()[0]))
+    steps = ", ".join(f"{run.rate:.0f}/s p99 {run.quantile(0.99):.1f}" for run in ladder.steps)
+    print(f"  {what} [{config}] {size} driver(s): at {GOAL_RATE:.0f}/s p50 {cell.goal_quantile(0.5):.2f} ms, "
+          f"p99 {cell.goal_quantile(0.99):.2f} ms (runs: "
+          f"{', '.join(f'{run.quantile(0.99):.1f}' for run in at_goal)}; errors "
+          f"{sum(run.errors for run in at_goal)}); ladder: {steps}; load {cell.load[0]:.1f}-{cell.load[1]:.1f} "
+          f"({time.monotonic() - began:.0f}s)", flush=True)
+    return cell
+
+
+def best_composition(cells: list[Cell], size: int, slo_ms: float) -> float:
+    return max((c.ladder.max_rate(slo_ms) for c in cells if c.drivers == size and c.what.startswith("feast")),
+               default=0.0)
+
+
+def print_results(cells: list[Cell], slos: list[float], repeats: int) -> None:
+    rows = []
+    for cell in cells:
+        maxima = [cell.ladder.max_rate(slo) for slo in slos]
+        composition = best_composition(cells, cell.drivers, slos[-1])
+        ratio = f"{maxima[-1] / composition:.1f}x" if composition else "-"
+        errors = sum(run.errors for run in cell.at_goal)
+        rows.append((cell.what, cell.config, cell.drivers, f"{GOAL_RATE:.0f}/s",
+                     f"{cell.goal_quantile(0.5):.2f}", f"{cell.goal_quantile(0.99):.2f}", errors,
+                     *[f"{m:.0f}/s" for m in maxima], ratio, f"{cell.load[0]:.1f}-{cell.load[1]:.1f}"))
+    print_table(f"Online ranking: p50/p99 at {GOAL_RATE:.0f} req/s (median of {repeats} runs), highest rate held "
+                f"with p99 under each bound; ratio at p99 <= {slos[-1]:.0f} ms vs the best composition",
+                ("what", "config", "drivers", "rate", "p50 ms", "p99 ms", "errors",
+                 *[f"max @p99<={slo:.0f}ms" for slo in slos], "ratio", "load"), rows)
+
+
+def print_goals(cells: list[Cell], slos: list[float]) -> None:
+    """Whether the latency goal (10 drivers) and the throughput goal (each size) were met."""
+    ours10 = [c for c in cells if c.what.startswith("ours") and c.drivers == 10]
+    if ours10:
+        best = min(c.goal_quantile(0.99) for c in ours10)
+        verdict = "met" if best < GOAL_P99_MS else "NOT met"
+        print(f"goal p99 < {GOAL_P99_MS:.0f} ms at {GOAL_RATE:.0f}/s with 10 drivers: {verdict} (best {best:.2f} ms)")
+    for size in sorted({c.drivers for c in cells}):
+        ours_best = max((c.ladder.max_rate(slos[-1]) for c in cells if c.drivers == size
+                         and c.what.startswith("ours")), default=0.0)
+        composition_best = best_composition(cells, size, slos[-1])
+        if ours_best and composition_best:
+            ratio = ours_best / composition_best
+            verdict = "met" if ratio >= GOAL_RATIO else "NOT met"
+            print(f"goal >= {GOAL_RATIO:.0f}x the composition's throughput at p99 <= {slos[-1]:.0f} ms, "
+                  f"{size} driver(s): {verdict} ({ratio:.1f}x)")
+
+
+def main() -> int:
+    args = parse_args()
     settings = get_settings()
     if args.prepare_only:
         ensure_champion(settings)
@@ -467,66 +296,16 @@ def main() -> int:
     chosen = args.systems or list(table)
     log_dir = Path(tempfile.mkdtemp(prefix="bench-serving-logs-"))
     print(f"server logs: {log_dir}")
-
     if any(name.startswith("composition") for name in chosen) and any(name.startswith("ours") for name in chosen):
-        starters = table["ours-1"][2] + table["composition-default"][2]
-        servers = [start() for start in starters]
-        try:
-            for server in servers:
-                server.start(log_dir)
-            print(f"same rankings from both ways: {'yes' if asyncio.run(same_rankings(settings)) else 'NO'}")
-        finally:
-            for server in reversed(servers):
-                server.stop()
+        check_same_rankings(settings, table, log_dir)
 
-    cells: list[Cell] = []
     slos = sorted(set(args.slo_ms))
-    for size in args.drivers:
-        for name in chosen:
-            what, config, starters, call_factory = table[name]
-            began, load_start = time.monotonic(), wait_for_quiet(args.quiet_load, args.quiet_wait)
-            at_goal, ladder = run_cell(starters, call_factory, size, args.seconds, max(slos), args.repeats, log_dir)
-            cell = Cell(what, config, size, at_goal, ladder, (load_start, os.getloadavg()[0]))
-            cells.append(cell)
-            steps = ", ".join(f"{run.rate:.0f}/s p99 {run.quantile(0.99):.1f}" for run in ladder.steps)
-            print(f"  {what} [{config}] {size} driver(s): at {GOAL_RATE:.0f}/s p50 {cell.goal_quantile(0.5):.2f} ms, "
-                  f"p99 {cell.goal_quantile(0.99):.2f} ms (runs: "
-                  f"{', '.join(f'{run.quantile(0.99):.1f}' for run in at_goal)}; errors "
-                  f"{sum(run.errors for run in at_goal)}); ladder: {steps}; load {cell.load[0]:.1f}-{cell.load[1]:.1f} "
-                  f"({time.monotonic() - began:.0f}s)", flush=True)
-
-    rows = []
-    for cell in cells:
-        maxima = [cell.ladder.max_rate(slo) for slo in slos]
-        best_composition = max((c.ladder.max_rate(slos[-1]) for c in cells if c.drivers == cell.drivers
-                                and c.what.startswith("feast")), default=0.0)
-        ratio = f"{maxima[-1] / best_composition:.1f}x" if best_composition else "-"
-        errors = sum(run.errors for run in cell.at_goal)
-        rows.append((cell.what, cell.config, cell.drivers, f"{GOAL_RATE:.0f}/s",
-                     f"{cell.goal_quantile(0.5):.2f}", f"{cell.goal_quantile(0.99):.2f}", errors,
-                     *[f"{m:.0f}/s" for m in maxima], ratio, f"{cell.load[0]:.1f}-{cell.load[1]:.1f}"))
-    print_table(f"Online ranking: p50/p99 at {GOAL_RATE:.0f} req/s (median of {args.repeats} runs), highest rate held "
-                f"with p99 under each bound; ratio at p99 <= {slos[-1]:.0f} ms vs the best composition",
-                ("what", "config", "drivers", "rate", "p50 ms", "p99 ms", "errors",
-                 *[f"max @p99<={slo:.0f}ms" for slo in slos], "ratio", "load"), rows)
+    cells = [measure_cell(table[name], size, args, slos, log_dir) for size in args.drivers for name in chosen]
+    print_results(cells, slos, args.repeats)
     load_after = os.getloadavg()
     print(f"machine: {machine()}; 1-minute load average {load_before[0]:.2f} before, {load_after[0]:.2f} after; "
           "client and servers share the machine")
-    ours10 = [c for c in cells if c.what.startswith("ours") and c.drivers == 10]
-    if ours10:
-        best = min(c.goal_quantile(0.99) for c in ours10)
-        verdict = "met" if best < GOAL_P99_MS else "NOT met"
-        print(f"goal p99 < {GOAL_P99_MS:.0f} ms at {GOAL_RATE:.0f}/s with 10 drivers: {verdict} (best {best:.2f} ms)")
-    for size in sorted({c.drivers for c in cells}):
-        ours_best = max((c.ladder.max_rate(slos[-1]) for c in cells if c.drivers == size
-                         and c.what.startswith("ours")), default=0.0)
-        composition_best = max((c.ladder.max_rate(slos[-1]) for c in cells if c.drivers == size
-                                and c.what.startswith("feast")), default=0.0)
-        if ours_best and composition_best:
-            ratio = ours_best / composition_best
-            verdict = "met" if ratio >= GOAL_RATIO else "NOT met"
-            print(f"goal >= {GOAL_RATIO:.0f}x the composition's throughput at p99 <= {slos[-1]:.0f} ms, "
-                  f"{size} driver(s): {verdict} ({ratio:.1f}x)")
+    print_goals(cells, slos)
     return 0
 
 

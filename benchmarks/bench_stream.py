@@ -31,10 +31,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks.common import machine, print_table
-from data_pipeline.stream_consumer import GROUP_ID, consumer_health
-from data_pipeline.stream_producer import Summary, produce
-from data_pipeline.stream_writers import feature_store
+from data_pipeline.stream_consumer import GROUP_ID
+from feast_repo.features import FEATURE_SERVICE
+from mlops_platform.feature_store import feature_store
+from mlops_platform.health import CHECKS
 from mlops_platform.settings import Settings, get_settings
+from simulation.stream_producer import Summary, produce
 
 FRESHNESS = "driver_stats_consumer_freshness_seconds"
 CONSUMED = "driver_stats_consumer_messages_consumed_total"
@@ -135,7 +137,7 @@ class Probe(threading.Thread):
     def __init__(self, settings: Settings, driver_ids: list[int], versions: Versions) -> None:
         super().__init__(daemon=True)
         self.store = feature_store(settings)
-        self.service = self.store.get_feature_service("driver_trip_completion")
+        self.service = self.store.get_feature_service(FEATURE_SERVICE)
         self.driver_ids, self.versions = driver_ids, versions
         self.seen = dict.fromkeys(driver_ids, 0)
         self.freshness: list[float] = []
@@ -232,7 +234,7 @@ def ms(seconds: float) -> str:
     return "n/a" if seconds != seconds else f"{seconds * 1000:.0f} ms"
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=1000.0, help="events/s of the sustained run")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of the sustained run")
@@ -242,13 +244,24 @@ def main() -> int:
     parser.add_argument("--step-duration", type=float, default=15.0)
     parser.add_argument("--backlog", type=int, default=40_000, help="messages of the drain measurement")
     parser.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
-    args = parser.parse_args()
-    settings = get_settings()
-    print(f"stream consumer: {consumer_health(settings)}", flush=True)
-    load_before = os.getloadavg()[0]
+    return parser.parse_args()
 
-    main_step = run_step(settings, args.rate, args.duration, args.drivers, seed=1, probe=True)
-    print(f"sustained run: {json.dumps(main_step.summary.__dict__)}", flush=True)
+
+@dataclass
+class Results:
+    """The sustained run, the steps tried above it, and the drain of a backlog by the consumer alone."""
+
+    main_step: Step
+    best: Step | None  # the fastest step sustained (the sustained run when no step above it was)
+    best_in_goal: Step | None  # the fastest one that also kept freshness p99 under the goal
+    tried: list[Step]
+    drained_per_s: float
+    backlog: int
+    load: str
+
+
+def climb(settings: Settings, args: argparse.Namespace, main_step: Step) -> tuple[Step | None, Step | None, list[Step]]:
+    """Steps of growing rate until one is not sustained: (best sustained, best within goal, every step tried)."""
     best = main_step if main_step.sustained else None
     best_in_goal = main_step if main_step.within_goal else None
     tried = []
@@ -261,11 +274,11 @@ def main() -> int:
             break
         best = step
         best_in_goal = step if step.within_goal else best_in_goal
+    return best, best_in_goal, tried
 
-    drained_per_s, backlog = drain_rate(settings, args.backlog, args.drivers)
-    print(f"drain: backlog {backlog} consumed at {drained_per_s:.0f}/s", flush=True)
 
-    load = f"{load_before:.1f} -> {os.getloadavg()[0]:.1f}"
+def table_rows(args: argparse.Namespace, results: Results) -> list[tuple[str, str, str, str]]:
+    main_step, best, best_in_goal, tried = results.main_step, results.best, results.best_in_goal, results.tried
     cores = str(os.cpu_count())
     target = f"{args.rate:,.0f}/s"
     rows = [
@@ -281,26 +294,48 @@ def main() -> int:
          f"{best.rate:,.0f}/s" if best else "below the sustained run", cores),
         ("max sustained rate with freshness p99 < 1 s", "-",
          f"{best_in_goal.rate:,.0f}/s" if best_in_goal else "below the sustained run", cores),
-        (f"consumer alone, draining a {backlog:,} backlog", "-", f"{drained_per_s:,.0f}/s", cores),
-        ("machine load average (1 min), start -> end", "-", load, cores),
+        (f"consumer alone, draining a {results.backlog:,} backlog", "-", f"{results.drained_per_s:,.0f}/s", cores),
+        ("machine load average (1 min), start -> end", "-", results.load, cores),
     ]
     if tried and not tried[-1].sustained:
         last = tried[-1]
         rows.append((f"at {last.rate:,.0f}/s (not sustained)", "-",
                      f"produced {last.summary.achieved_rate:,.0f}/s, consumed {last.consumed_per_s:,.0f}/s", cores))
+    return rows
+
+
+def figures_json(args: argparse.Namespace, results: Results) -> str:
+    main_step, best, best_in_goal = results.main_step, results.best, results.best_in_goal
+    return json.dumps({"rate": args.rate, "duration_s": args.duration, "drivers": args.drivers,
+                       "produced_per_s": main_step.summary.achieved_rate, "consumed_per_s": main_step.consumed_per_s,
+                       "drain_s": main_step.drain_s, "consumer_p50_s": main_step.consumer_p50,
+                       "consumer_p99_s": main_step.consumer_p99, "probe_versions": len(main_step.probe),
+                       "probe_p50_s": percentile(main_step.probe, 0.5),
+                       "probe_p99_s": percentile(main_step.probe, 0.99),
+                       "max_sustained_per_s": best.rate if best else None,
+                       "max_within_goal_per_s": best_in_goal.rate if best_in_goal else None,
+                       "drain_per_s": results.drained_per_s,
+                       "load_average": results.load, "machine": machine()})
+
+
+def main() -> int:
+    args = parse_args()
+    settings = get_settings()
+    print(f"stream consumer: {CHECKS['stream-consumer'](settings)}", flush=True)
+    load_before = os.getloadavg()[0]
+
+    main_step = run_step(settings, args.rate, args.duration, args.drivers, seed=1, probe=True)
+    print(f"sustained run: {json.dumps(main_step.summary.__dict__)}", flush=True)
+    best, best_in_goal, tried = climb(settings, args, main_step)
+    drained_per_s, backlog = drain_rate(settings, args.backlog, args.drivers)
+    print(f"drain: backlog {backlog} consumed at {drained_per_s:.0f}/s", flush=True)
+
+    results = Results(main_step, best, best_in_goal, tried, drained_per_s, backlog,
+                      f"{load_before:.1f} -> {os.getloadavg()[0]:.1f}")
     print_table(f"Stream consumer: {args.rate:,.0f} events/s for {args.duration:.0f} s, {args.drivers} drivers",
-                ("what", "target", "measured", "cores"), rows)
+                ("what", "target", "measured", "cores"), table_rows(args, results))
     if args.json:
-        print(json.dumps({"rate": args.rate, "duration_s": args.duration, "drivers": args.drivers,
-                          "produced_per_s": main_step.summary.achieved_rate, "consumed_per_s": main_step.consumed_per_s,
-                          "drain_s": main_step.drain_s, "consumer_p50_s": main_step.consumer_p50,
-                          "consumer_p99_s": main_step.consumer_p99, "probe_versions": len(main_step.probe),
-                          "probe_p50_s": percentile(main_step.probe, 0.5),
-                          "probe_p99_s": percentile(main_step.probe, 0.99),
-                          "max_sustained_per_s": best.rate if best else None,
-                          "max_within_goal_per_s": best_in_goal.rate if best_in_goal else None,
-                          "drain_per_s": drained_per_s,
-                          "load_average": load, "machine": machine()}))
+        print(figures_json(args, results))
     ok = main_step.within_goal and percentile(main_step.probe, 0.99) < FRESHNESS_GOAL_SECONDS
     return 0 if ok else 1
 

@@ -33,17 +33,19 @@ import pyarrow as arrow
 import pyarrow.csv as arrow_csv
 
 from benchmarks.common import print_table
-from data_pipeline.generate import FIRST_DRIVER_ID, generate_driver_stats, generate_orders
-from data_pipeline.materialize import feature_store
-from data_pipeline.offline_store import ORDERS_TABLE, STATS_TABLE, connect, ensure_schema
+from data_pipeline.offline_store import ORDERS_TABLE, STATS_TABLE, ensure_schema
+from feast_repo.features import FEATURE_NAMES, FEATURE_SERVICE
+from mlops_platform.feature_store import feature_store
+from mlops_platform.postgres import connect
 from mlops_platform.settings import get_settings
+from simulation.generate import FIRST_DRIVER_ID, generate_driver_stats, generate_orders
 from training_pipeline import dataset, training_set
 
 FIRST_ID = 60_000_001
 ID_BLOCK = (60_000_000, 60_999_999)  # cleared before and after
 END = datetime(2018, 4, 1, tzinfo=UTC)
-SERVICE = "driver_trip_completion"
-FEATURES = ["conv_rate", "acc_rate", "avg_daily_trips"]
+SERVICE = FEATURE_SERVICE
+FEATURES = list(FEATURE_NAMES)
 TTL = pd.Timedelta(days=2)
 GOAL_SECONDS = 60.0
 

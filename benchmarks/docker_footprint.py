@@ -18,7 +18,7 @@ import time
 
 from benchmarks.common import print_table
 from benchmarks.platform_footprint import pss_kib
-from mlops_platform import local
+from mlops_platform import local, process_tree
 from mlops_platform.services import SERVICES, pid_file
 from mlops_platform.settings import REPO_ROOT, get_settings
 
@@ -62,7 +62,7 @@ def local_idle_pss() -> dict[str, int]:
     for service in SERVICES:
         path = pid_file(settings, service.name)
         if path.exists():
-            usage[service.name] = sum(pss_kib(pid) for pid in local._group_members(int(path.read_text())))
+            usage[service.name] = sum(pss_kib(pid) for pid in process_tree.group_members(int(path.read_text())))
     return usage
 
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import print_table
-from mlops_platform import local
+from mlops_platform import local, process_tree
 from mlops_platform.services import SERVICES, pid_file
 from mlops_platform.settings import REPO_ROOT, get_settings
 
@@ -47,7 +47,7 @@ def main() -> int:
         path = pid_file(settings, service.name)
         if not path.exists():
             continue
-        members = local._group_members(int(path.read_text()))
+        members = process_tree.group_members(int(path.read_text()))
         kib = sum(pss_kib(pid) for pid in members)
         total += kib
         rows.append((service.name, len(members), f"{kib / 1024:,.0f}"))

@@ -1,1 +1,1 @@
-"""Raw data -> validated offline store -> Feast: generation, ingestion, materialization and streaming."""
+"""Raw data -> validated offline store -> Feast: ingestion, materialization and streaming."""

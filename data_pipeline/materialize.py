@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,11 +22,13 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from data_pipeline.offline_store import STATS_TABLE, connect
-from mlops_platform.settings import REPO_ROOT, Settings, get_settings
+from data_pipeline.offline_store import STATS_TABLE
+from feast_repo.features import FEATURE_VIEW
+from mlops_platform.feature_store import FeastRedisEncoding, feature_store, online_store_address
+from mlops_platform.postgres import connect
+from mlops_platform.redis_client import redis_client
+from mlops_platform.settings import Settings, get_settings
 
-FEATURE_VIEW = "driver_stats"
-FEATURE_REPO = REPO_ROOT / "feast_repo"
 CHUNK_ROWS = 2_000
 log = logging.getLogger(__name__)
 
@@ -45,15 +45,6 @@ class MaterializeReport:
     @property
     def rows_per_second(self) -> float:
         return self.rows_read / self.seconds if self.seconds else 0.0
-
-
-def feature_store(settings: Settings | None = None):
-    """A Feast FeatureStore on the platform's configuration (feature_store.yaml expands these variables)."""
-    from feast import FeatureStore
-
-    settings = settings or get_settings()
-    os.environ.update(settings.feast_environment())
-    return FeatureStore(repo_path=str(FEATURE_REPO))
 
 
 def _utc(value: datetime) -> datetime:
@@ -79,89 +70,6 @@ def latest_rows(start: datetime, end: datetime, features: list[str], settings: S
     if not buffer.getbuffer().nbytes:
         return pd.DataFrame(columns=["driver_id", "event_us", *features])
     return pd.read_csv(buffer, header=None, names=["driver_id", "event_us", *features], engine="pyarrow")
-
-
-class FeastRedisEncoding:
-    """The byte layouts of Feast's Redis online store for one single-key int64 entity feature view.
-
-    Derived from Feast's own serializers at start-up and checked against them, so a Feast upgrade
-    that changes a layout fails loudly here instead of writing keys Feast cannot read.
-    """
-
-    def __init__(self, project: str, join_key: str, feature_view: str, features: dict[str, str],
-                 serialization_version: int) -> None:
-        from feast.infra.online_stores.helpers import _mmh3, _redis_key
-        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-        from feast.protos.feast.types.Value_pb2 import Value
-
-        def feast_key(driver_id: int) -> bytes:
-            key = EntityKey(join_keys=[join_key], entity_values=[Value(int64_val=driver_id)])
-            return _redis_key(project, key, entity_key_serialization_version=serialization_version)
-
-        # A single int64 entity key is <head><little-endian id><project>.
-        self._key_tail = project.encode()
-        self._key_head = feast_key(0)[: -len(self._key_tail) - 8]
-        self.ts_field = f"_ts:{feature_view}".encode()
-        self.fields = {name: _mmh3(f"{feature_view}:{name}") for name in features}
-        self.kinds = features
-        self._float_tag = Value(float_val=0.0).SerializeToString()[:-4]
-        self._int_tag = Value(int64_val=0).SerializeToString()[:-1]
-        for sample in (1001, 2**33 + 7):
-            assert self.key(sample) == feast_key(sample), "Feast's entity key layout changed"
-        assert self.value("float", 0.3) == Value(float_val=np.float32(0.3)).SerializeToString()
-        assert self.value("int", 300) == Value(int64_val=300).SerializeToString()
-        assert self.timestamp(1_700_000_000_123_456) == _feast_timestamp(1_700_000_000_123_456)
-
-    def key(self, driver_id: int) -> bytes:
-        return self._key_head + struct.pack("<q", driver_id) + self._key_tail
-
-    def value(self, kind: str, value) -> bytes:
-        if kind == "float":
-            return self._float_tag + struct.pack("<f", value)
-        return self._int_tag + _varint(int(value) & 0xFFFFFFFFFFFFFFFF)
-
-    @staticmethod
-    def timestamp(epoch_us: int) -> bytes:
-        seconds, micros = divmod(int(epoch_us), 1_000_000)
-        encoded = b"\x08" + _varint(seconds)
-        return encoded + (b"\x10" + _varint(micros * 1000) if micros else b"")
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _feast_timestamp(epoch_us: int) -> bytes:
-    from google.protobuf.timestamp_pb2 import Timestamp
-
-    ts = Timestamp()
-    ts.FromDatetime(datetime.fromtimestamp(epoch_us / 1_000_000, UTC).replace(
-        microsecond=epoch_us % 1_000_000))
-    return ts.SerializeToString()
-
-
-def _kinds(feature_view) -> dict[str, str]:
-    from feast.types import Float32, Float64, Int32, Int64
-
-    kinds = {}
-    for field in feature_view.features:
-        if field.dtype in (Float32, Float64):
-            kinds[field.name] = "float" if field.dtype == Float32 else "double"
-        elif field.dtype in (Int32, Int64):
-            kinds[field.name] = "int"
-        else:
-            raise TypeError(f"{feature_view.name}.{field.name}: type {field.dtype} is not supported by the fast path")
-    if "double" in kinds.values():
-        raise TypeError("Float64 features are not supported by the fast path")
-    return kinds
 
 
 # Compare-and-set on the server, one call per chunk: a key is written only when the new event time is
@@ -208,18 +116,13 @@ return written
 
 def write_rows(store, frame: pd.DataFrame, feature_view_name: str = FEATURE_VIEW) -> tuple[int, int]:
     """Write the rows (driver_id, event_us, features...) into Redis; returns (written, skipped as older)."""
-    import redis
-
     feature_view = store.get_feature_view(feature_view_name)
-    kinds = _kinds(feature_view)
-    join_key = feature_view.entity_columns[0].name
-    encoding = FeastRedisEncoding(store.project, join_key, feature_view_name, kinds,
-                                  store.config.entity_key_serialization_version)
+    encoding = FeastRedisEncoding.of(store, feature_view)
+    kinds = encoding.kinds
     online = store.config.online_store
     if str(getattr(online, "redis_type", "redis")).lower().endswith("cluster"):
         raise NotImplementedError("the fast path writes to a single Redis server, not a cluster")
-    host, port, password = _redis_address(online.connection_string)
-    client = redis.Redis(host=host, port=port, password=password)
+    client = redis_client(online_store_address(store))
     write_newer = client.register_script(write_newer_lua(len(kinds)))
     head = [encoding.ts_field, int(online.key_ttl_seconds or 0), len(kinds), *encoding.fields.values()]
 
@@ -253,13 +156,8 @@ def write_rows(store, frame: pd.DataFrame, feature_view_name: str = FEATURE_VIEW
 
 def delete_online_rows(store, driver_ids, feature_view_name: str = FEATURE_VIEW) -> int:
     """Remove drivers from the online store (a driver who left, or a test's own ids); returns keys deleted."""
-    import redis
-
-    feature_view = store.get_feature_view(feature_view_name)
-    encoding = FeastRedisEncoding(store.project, feature_view.entity_columns[0].name, feature_view_name,
-                                  _kinds(feature_view), store.config.entity_key_serialization_version)
-    host, port, password = _redis_address(store.config.online_store.connection_string)
-    client = redis.Redis(host=host, port=port, password=password)
+    encoding = FeastRedisEncoding.of(store, store.get_feature_view(feature_view_name))
+    client = redis_client(online_store_address(store))
     ids = [int(d) for d in driver_ids]
     deleted = 0
     try:
@@ -268,13 +166,6 @@ def delete_online_rows(store, driver_ids, feature_view_name: str = FEATURE_VIEW)
     finally:
         client.close()
     return deleted
-
-
-def _redis_address(connection_string: str) -> tuple[str, int, str | None]:
-    parts = connection_string.split(",")
-    host, _, port = parts[0].partition(":")
-    options = dict(part.split("=", 1) for part in parts[1:] if "=" in part)
-    return host, int(port or 6379), options.get("password")
 
 
 def materialize_interval(start: datetime, end: datetime, settings: Settings | None = None,

@@ -1,4 +1,4 @@
-"""The offline store's tables in the `feast` PostgreSQL database, and connections to it.
+"""The offline store's tables in the `feast` PostgreSQL database (connections: mlops_platform.postgres).
 
 `driver_hourly_stats` is what Feast's PostgreSQLSource reads; `orders` holds the labels;
 `quarantine` keeps every rejected row with its reason and where it came from; `ingestion_runs`
@@ -11,11 +11,12 @@ their tables across upgrades, so a change to an existing table is made here, ide
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
 
-from mlops_platform.settings import Settings, get_settings
+from feast_repo.features import CREATED_FIELD, FEATURE_NAMES, JOIN_KEY, OFFLINE_TABLE, TIMESTAMP_FIELD
+from mlops_platform.postgres import schema_lock
+from mlops_platform.settings import Settings
 
-STATS_TABLE = "driver_hourly_stats"
+STATS_TABLE = OFFLINE_TABLE
 ORDERS_TABLE = "orders"
 QUARANTINE_TABLE = "quarantine"
 RUNS_TABLE = "ingestion_runs"
@@ -29,7 +30,7 @@ RUN_STATUSES = ("loaded", "rejected", "failed")
 RUNS_STATUS_CHECK = f"{RUNS_TABLE}_status_check"  # the name PostgreSQL gave the column's check at first
 _RUN_STATUSES_SQL = ", ".join(f"'{status}'" for status in RUN_STATUSES)
 
-STATS_COLUMNS = ("driver_id", "event_timestamp", "created", "conv_rate", "acc_rate", "avg_daily_trips")
+STATS_COLUMNS = (JOIN_KEY, TIMESTAMP_FIELD, CREATED_FIELD, *FEATURE_NAMES)
 ORDERS_COLUMNS = ("event_timestamp", "driver_id", "trip_completed")
 
 DDL = f"""
@@ -84,30 +85,9 @@ create index if not exists {RUNS_TABLE}_source_idx on {RUNS_TABLE} (dataset, sou
 """
 
 
-@contextmanager
-def connect(settings: Settings | None = None, autocommit: bool = False):
-    """A psycopg2 connection to the feast database; committed on success, rolled back on error."""
-    import psycopg2
-
-    settings = settings or get_settings()
-    conn = psycopg2.connect(settings.postgres_dsn(settings.feast_db), connect_timeout=10)
-    conn.autocommit = autocommit
-    try:
-        yield conn
-        if not autocommit:
-            conn.commit()
-    except BaseException:
-        if not autocommit:
-            conn.rollback()
-        raise
-    finally:
-        conn.close()
-
-
 def ensure_schema(settings: Settings | None = None) -> None:
     """Create the offline store's tables if they are missing and migrate older ones (idempotent, cheap)."""
-    with connect(settings) as conn, conn.cursor() as cur:
-        cur.execute("select pg_advisory_xact_lock(hashtext('offline_store_schema'))")
+    with schema_lock(settings, "offline_store_schema") as cur:
         cur.execute(DDL)
         _allow_every_run_status(cur)
 

@@ -1,21 +1,16 @@
-"""The streaming topics, created with the partition counts the pipeline relies on.
+"""The driver-stats topics, created with the partition counts the stream pipeline relies on.
 
-The broker would auto-create a topic on first use, but with its default partition count: the stats
-topic wants 3 partitions (one consumer each at most), the dead-letter topic 1, so that its records
-read back in the order they were refused.
+The stats topic has 3 partitions (one consumer each at most); its dead-letter topic 1, so that its
+records read back in the order they were refused.
 """
 
 from __future__ import annotations
 
-import logging
-
+from mlops_platform.kafka_topics import ensure_topics as ensure_kafka_topics
 from mlops_platform.settings import Settings
 
 STATS_PARTITIONS = 3
 DLQ_PARTITIONS = 1
-TOPIC_ALREADY_EXISTS = 36  # Kafka protocol error code
-
-log = logging.getLogger(__name__)
 
 
 def wanted_topics(settings: Settings) -> dict[str, int]:
@@ -24,29 +19,5 @@ def wanted_topics(settings: Settings) -> dict[str, int]:
 
 def ensure_topics(settings: Settings, timeout_ms: int = 10_000) -> dict[str, int]:
     """Create the missing topics; returns each topic's partition count as the broker reports it."""
-    from kafka import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=timeout_ms,
-                             client_id="driver-stats-topics")
-    try:
-        wanted = wanted_topics(settings)
-        brokers = len(admin.describe_cluster()["brokers"])
-        missing = {name: count for name, count in wanted.items() if name not in set(admin.list_topics())}
-        if missing:
-            replication = min(3, brokers)
-            response = admin.create_topics(
-                {name: {"num_partitions": count, "replication_factor": replication} for name, count in missing.items()},
-                timeout_ms=timeout_ms, raise_errors=False, wait_for_metadata=True)
-            for topic in response["topics"]:
-                if topic["error_code"] not in (0, TOPIC_ALREADY_EXISTS):
-                    raise RuntimeError(f"creating topic {topic['name']!r} failed: expected error code 0, "
-                                       f"got {topic['error_code']} ({topic.get('error_message')})")
-            log.info("topics created", extra={"topics": sorted(missing), "replication_factor": replication})
-        found = {t["name"]: len(t["partitions"]) for t in admin.describe_topics(list(wanted))}
-    finally:
-        admin.close()
-    for name, count in wanted.items():
-        if found.get(name) != count:
-            log.warning("topic has an unexpected partition count",
-                        extra={"topic": name, "expected_partitions": count, "partitions": found.get(name)})
-    return found
+    return ensure_kafka_topics(settings.kafka_bootstrap_servers, wanted_topics(settings), "driver-stats-topics",
+                               timeout_ms)

@@ -15,16 +15,16 @@ a crash writes nothing new.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 
 from data_pipeline.offline_store import STATS_COLUMNS, STATS_TABLE, ensure_schema
 from data_pipeline.stream_messages import DriverStats
-from mlops_platform.settings import REPO_ROOT, Settings
+from feast_repo.features import FEATURE_VIEW, PUSH_SOURCE
+from mlops_platform.feature_store import feature_store
+from mlops_platform.postgres import PostgresBatchWriter, insert_rows
+from mlops_platform.redis_client import redis_client
+from mlops_platform.settings import Settings
 
-PUSH_SOURCE = "driver_stats_push"
-FEATURE_VIEW = "driver_stats"
-FEATURE_REPO = REPO_ROOT / "feast_repo"
 OFFLINE_SOURCE = "stream:driver_stats"
 
 
@@ -39,14 +39,6 @@ def newest_per_driver(messages: Iterable[DriverStats]) -> list[DriverStats]:
     return list(newest.values())
 
 
-def feature_store(settings: Settings):
-    """Feast's store for this platform; feature_store.yaml reads its settings from the environment."""
-    os.environ.update(settings.feast_environment())
-    from feast import FeatureStore
-
-    return FeatureStore(repo_path=str(FEATURE_REPO))
-
-
 class OnlineWriter:
     """Pushes the newest statistics of each driver to the online store (Redis) through Feast."""
 
@@ -56,12 +48,9 @@ class OnlineWriter:
 
     def check(self) -> None:
         """Fail unless the feature repo is applied and Redis answers: what `ready` promises."""
-        import redis
-
         self.store.get_feature_view(FEATURE_VIEW)  # raises when `feast apply` never ran
         self.store.get_data_source(PUSH_SOURCE)
-        client = redis.Redis(host=self.settings.redis_host, port=self.settings.redis_port,
-                             password=self.settings.redis_password, socket_timeout=5, socket_connect_timeout=5)
+        client = redis_client(self.settings, timeout=5)
         try:
             client.ping()
         finally:
@@ -87,66 +76,6 @@ class OnlineWriter:
         return len(rows)
 
 
-class PostgresBatchWriter:
-    """One kept-open connection to the feature database; each batch is one transaction.
-
-    A subclass says which tables it needs (`ensure_tables`), what one batch inserts (`insert`, returning
-    what was new) and what an empty batch returns (`nothing_new`). A broken connection is replaced on
-    the next batch; a failed statement is rolled back.
-    """
-
-    application_name = "platform-batch-writer"
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._conn = None
-
-    def ensure_tables(self) -> None:
-        raise NotImplementedError
-
-    def insert(self, cur, batch):
-        raise NotImplementedError
-
-    def nothing_new(self):
-        return 0
-
-    def check(self) -> None:
-        """Create the tables if needed and open the connection."""
-        self.ensure_tables()
-        self._connection()
-
-    def _connection(self):
-        import psycopg2
-
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg2.connect(self.settings.postgres_dsn(self.settings.feast_db), connect_timeout=10,
-                                          application_name=self.application_name)
-        return self._conn
-
-    def write(self, batch):
-        """Insert the batch in one transaction; returns what `insert` counted as new."""
-        import psycopg2
-
-        if not len(batch):
-            return self.nothing_new()
-        conn = self._connection()
-        try:
-            with conn.cursor() as cur:
-                inserted = self.insert(cur, batch)
-            conn.commit()
-        except psycopg2.Error:
-            try:
-                conn.rollback()
-            except psycopg2.Error:
-                conn.close()
-            raise
-        return inserted
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-
-
 class OfflineWriter(PostgresBatchWriter):
     """Inserts every valid message into the offline table, one statement per batch; returns the new rows."""
 
@@ -158,9 +87,6 @@ class OfflineWriter(PostgresBatchWriter):
         ensure_schema(self.settings)
 
     def insert(self, cur, messages: Sequence[DriverStats]) -> int:
-        from psycopg2.extras import execute_values
-
         rows = [(m.driver_id, m.event_timestamp, m.created, m.conv_rate, m.acc_rate, m.avg_daily_trips,
                  OFFLINE_SOURCE) for m in messages]
-        execute_values(cur, self.INSERT, rows, page_size=len(rows))
-        return cur.rowcount
+        return insert_rows(cur, self.INSERT, rows)

@@ -333,42 +333,58 @@ def validate(raw: pd.DataFrame, dataset: str, window: TimestampWindow | None = N
     low, high = (window or TimestampWindow()).bounds()
     window_text = f"must be between {_iso(low)} and {_iso(high)}"
     typed, problems = parse(raw, dataset, window_text)
-    spoiled = pd.DataFrame({column: np.logical_or.reduce([p.rows for p in found])
-                            for column, found in problems.items()})
 
     parts = [_unrepresentable_reasons(problems, raw, dataset)]
     duplicates = pd.Series([], dtype=object)
     try:
         schema(dataset, window).validate(typed, lazy=True)
     except pa.errors.SchemaErrors as errors:
-        cases = errors.failure_cases
-        unmapped = cases[cases["index"].isna()]
-        if len(unmapped):
-            raise RuntimeError(
-                f"{dataset}: pandera reported failures without a row: "
-                f"{unmapped[['column', 'check', 'failure_case']].to_dict('records')[:5]}; "
-                "the schema and the parsed dtypes disagree, fix validate.schema()"
-            ) from errors
-        cases = cases.astype({"index": "int64"})
-        is_duplicate = cases["check"].astype(str).str.contains("uniqueness")
-        per_column = cases[~is_duplicate & cases["column"].isin(list(COLUMNS[dataset]))]
-        already_explained = [bool(spoiled.at[row, column]) for row, column in
-                             zip(per_column["index"], per_column["column"], strict=True)]
-        parts.append(_column_reasons(per_column[~np.asarray(already_explained, dtype=bool)], raw, dataset,
-                                     window_text))
-        duplicate_rows = np.unique(cases.loc[is_duplicate, "index"].to_numpy())
-        # A key with a missing part is no key: those rows already fail on the null or unparseable part.
-        keyed = typed.loc[duplicate_rows, list(KEY)].notna().all(axis=1).to_numpy()
-        duplicates = _duplicate_reasons(duplicate_rows[keyed], typed, numbers)
+        column_reasons, duplicates = _schema_reasons(errors, problems, raw, typed, numbers, dataset, window_text)
+        parts.append(column_reasons)
+    return _split(raw, typed, numbers, _reasons_by_row(parts, duplicates), dataset)
 
+
+def _schema_reasons(errors: pa.errors.SchemaErrors, problems: dict[str, list[Unrepresentable]], raw: pd.DataFrame,
+                    typed: pd.DataFrame, numbers: np.ndarray, dataset: str,
+                    window_text: str) -> tuple[pd.DataFrame, pd.Series]:
+    """The schema's failures as reasons: per cell (those parsing did not explain already) and per duplicate key."""
+    cases = errors.failure_cases
+    unmapped = cases[cases["index"].isna()]
+    if len(unmapped):
+        raise RuntimeError(
+            f"{dataset}: pandera reported failures without a row: "
+            f"{unmapped[['column', 'check', 'failure_case']].to_dict('records')[:5]}; "
+            "the schema and the parsed dtypes disagree, fix validate.schema()"
+        ) from errors
+    spoiled = pd.DataFrame({column: np.logical_or.reduce([p.rows for p in found])
+                            for column, found in problems.items()})
+    cases = cases.astype({"index": "int64"})
+    is_duplicate = cases["check"].astype(str).str.contains("uniqueness")
+    per_column = cases[~is_duplicate & cases["column"].isin(list(COLUMNS[dataset]))]
+    already_explained = [bool(spoiled.at[row, column]) for row, column in
+                         zip(per_column["index"], per_column["column"], strict=True)]
+    column_reasons = _column_reasons(per_column[~np.asarray(already_explained, dtype=bool)], raw, dataset,
+                                     window_text)
+    duplicate_rows = np.unique(cases.loc[is_duplicate, "index"].to_numpy())
+    # A key with a missing part is no key: those rows already fail on the null or unparseable part.
+    keyed = typed.loc[duplicate_rows, list(KEY)].notna().all(axis=1).to_numpy()
+    return column_reasons, _duplicate_reasons(duplicate_rows[keyed], typed, numbers)
+
+
+def _reasons_by_row(parts: list[pd.DataFrame], duplicates: pd.Series) -> pd.Series:
+    """One text per rejected row (by position): its reasons in column order, joined with "; "."""
     cells = pd.concat(parts).astype({"row": "int64", "position": "int64"})
     ordered = cells.sort_values(["row", "position"], kind="stable")  # file order, then column order
     reasons = pd.Series(ordered["text"].to_numpy(), index=ordered["row"].to_numpy(), dtype=object)
     reasons = pd.concat([part for part in (reasons, duplicates) if len(part)] or [reasons])
     if len(reasons):
-        joined = reasons.groupby(level=0, sort=True).agg("; ".join)
-    else:
-        joined = pd.Series([], dtype=object, index=pd.Index([], dtype="int64"))
+        return reasons.groupby(level=0, sort=True).agg("; ".join)
+    return pd.Series([], dtype=object, index=pd.Index([], dtype="int64"))
+
+
+def _split(raw: pd.DataFrame, typed: pd.DataFrame, numbers: np.ndarray, joined: pd.Series,
+           dataset: str) -> Validated:
+    """Typed valid rows and raw rejected rows (with row_number and reason), each indexed by row number."""
     bad = np.zeros(len(raw), dtype=bool)
     bad[joined.index.to_numpy()] = True
 

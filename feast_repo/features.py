@@ -1,55 +1,44 @@
-"""The driver features: entity, offline source, stream push source, feature view and the model's service."""
+"""The feature contract: the driver entity, its features and their types, and the names the pipelines share.
 
+Every package reads the feature names from here: the stream's message contract, the offline table's
+columns, the serving path, training's default feature service, the simulators and the tests. It is plain
+Python on purpose, because importing Feast costs seconds; the Feast objects are built from it in
+definitions.py, which `feast apply` registers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
 from datetime import timedelta
 
-from feast import Entity, FeatureService, FeatureView, Field, PushSource
-from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
-from feast.types import Float32, Int64
-from feast.value_type import ValueType
+ENTITY = "driver"
+JOIN_KEY = "driver_id"
 
-# Names shared with the pipelines (data_pipeline writes this table; training asks for this service).
+# The offline table the ingestion pipeline writes and Feast's offline source reads.
 OFFLINE_TABLE = "driver_hourly_stats"
-FEATURE_SERVICE = "driver_trip_completion"
+TIMESTAMP_FIELD = "event_timestamp"
+CREATED_FIELD = "created"
 
-driver = Entity(
-    name="driver",
-    join_keys=["driver_id"],
-    value_type=ValueType.INT64,
-    description="A driver of the ride-hailing fleet; ids start at 1001.",
-)
+FEATURE_VIEW = "driver_stats"
+PUSH_SOURCE = "driver_stats_push"  # where the stream consumer pushes fresh statistics
+# Hourly stats older than two days say little about a driver's behaviour now: past the TTL a driver has
+# no features rather than stale ones, and the API reports them as missing.
+FEATURE_TTL = timedelta(days=2)
 
-driver_stats_source = PostgreSQLSource(
-    name="driver_hourly_stats_source",
-    table=OFFLINE_TABLE,
-    timestamp_field="event_timestamp",
-    created_timestamp_column="created",
-    description="Validated hourly driver statistics loaded by the ingestion pipeline.",
-)
+FEATURE_SERVICE = "driver_trip_completion"  # what the model is trained on and served with
 
-driver_stats_push = PushSource(
-    name="driver_stats_push",
-    batch_source=driver_stats_source,
-    description="Fresh statistics from the driver_stats Kafka topic.",
-)
 
-driver_stats = FeatureView(
-    name="driver_stats",
-    entities=[driver],
-    # Hourly stats older than two days say little about a driver's behaviour now: past the TTL a
-    # driver has no features rather than stale ones, and the API reports them as missing.
-    ttl=timedelta(days=2),
-    schema=[
-        Field(name="conv_rate", dtype=Float32, description="Share of offers the driver converted."),
-        Field(name="acc_rate", dtype=Float32, description="Share of offers the driver accepted."),
-        Field(name="avg_daily_trips", dtype=Int64, description="Trips a day, averaged."),
-    ],
-    source=driver_stats_push,
-    online=True,
-    tags={"team": "driver-ranking"},
-)
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    dtype: str  # "float32" or "int64", Feast's value type of the feature
+    description: str
 
-driver_trip_completion = FeatureService(
-    name=FEATURE_SERVICE,
-    features=[driver_stats[["conv_rate", "acc_rate", "avg_daily_trips"]]],
-    description="Exactly the features the driver_trip_completion model uses, in its order.",
+
+# In the feature service's order, which is the order the model receives them in.
+FEATURES = (
+    Feature("conv_rate", "float32", "Share of offers the driver converted."),
+    Feature("acc_rate", "float32", "Share of offers the driver accepted."),
+    Feature("avg_daily_trips", "int64", "Trips a day, averaged."),
 )
+FEATURE_NAMES = tuple(feature.name for feature in FEATURES)

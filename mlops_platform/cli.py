@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mlops_platform import local
+from mlops_platform import local, local_stacks
+from mlops_platform.errors import PlatformError
+from mlops_platform.local_service import delete_home
 from mlops_platform.services import STACKS
 from mlops_platform.settings import SettingsError, get_settings
 
@@ -32,22 +34,22 @@ def main(argv: list[str]) -> int:
     try:
         if args.verb in ("down", "restart"):
             for stack in reversed(stacks):
-                local.down(stack, settings, volumes=args.volumes and args.verb == "down")
+                local_stacks.down(stack, settings, volumes=args.volumes and args.verb == "down")
             if args.stack == "all":
                 leftover = local.running_services(settings)
                 if leftover:
-                    raise local.PlatformError(f"still running after down: {', '.join(leftover)}")
+                    raise PlatformError(f"still running after down: {', '.join(leftover)}")
                 if args.volumes:
-                    local.delete_home(settings)
+                    delete_home(settings)
         if args.verb in ("up", "restart"):
             for stack in stacks:
-                local.up(stack, settings, asked_alone=args.stack != "all")
-            local.print_status(stacks, settings)
+                local_stacks.up(stack, settings, asked_alone=args.stack != "all")
+            local_stacks.print_status(stacks, settings)
         if args.verb == "status":
-            return 0 if local.print_status(stacks, settings) else 1
+            return 0 if local_stacks.print_status(stacks, settings) else 1
         if args.verb == "logs":
-            local.logs(stacks, settings, follow=args.follow)
-    except local.PlatformError as exc:
+            local_stacks.logs(stacks, settings, follow=args.follow)
+    except PlatformError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -13,8 +13,12 @@ import sys
 import urllib.error
 import urllib.request
 
-from mlops_platform import local
+from mlops_platform.errors import PlatformError
 from mlops_platform.feast_apply import apply_if_changed
+from mlops_platform.local import say
+from mlops_platform.local_prepare import prepare_prometheus
+from mlops_platform.local_service import stop
+from mlops_platform.local_stacks import up
 from mlops_platform.services import BY_NAME, airflow_env, merged_env
 from mlops_platform.settings import get_settings
 
@@ -23,21 +27,21 @@ def main() -> int:
     settings = get_settings()
     try:
         for stack in ("feast", "airflow", "monitoring"):
-            local.up(stack, settings, asked_alone=False)
-        local.say("[deploy] feature repo")
+            up(stack, settings, asked_alone=False)
+        say("[deploy] feature repo")
         apply_if_changed(settings)
-        local.say("[deploy] DAGs: reserializing")
+        say("[deploy] DAGs: reserializing")
         subprocess.run([sys.executable, "-m", "airflow", "dags", "reserialize"], check=True,
                        env=merged_env(airflow_env(settings)), stdout=subprocess.DEVNULL)
-        local.say("[deploy] Prometheus: rules and targets")
-        local.PREPARE["prometheus"](settings)
+        say("[deploy] Prometheus: rules and targets")
+        prepare_prometheus(settings)
         urllib.request.urlopen(urllib.request.Request(f"{settings.prometheus_url}/-/reload", method="POST"),
                                timeout=10).close()
-        local.say("[deploy] serving")
+        say("[deploy] serving")
         for name in ("prediction-logger", "serving"):
-            local.stop(BY_NAME[name], settings)
-        local.up("serving", settings, asked_alone=True)
-    except (local.PlatformError, subprocess.CalledProcessError, urllib.error.URLError) as exc:
+            stop(BY_NAME[name], settings)
+        up("serving", settings, asked_alone=True)
+    except (PlatformError, subprocess.CalledProcessError, urllib.error.URLError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -15,235 +15,29 @@ mode the host needs an engine, compose v2 and python3, nothing else.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
+from mlops_platform.compose_project import (
+    ENV_FILE,
+    ComposeService,
+    DockerModeError,
+    compose,
+    container_states,
+    in_profiles,
+    load_project,
+    profile_args,
+    project_config,
+    say,
+    with_dependencies,
+)
+from mlops_platform.docker_images import ensure_base_image, image_present, unavailable_images
 from mlops_platform.services import BY_NAME, STACKS
 from mlops_platform.settings import REPO_ROOT, Settings, SettingsError, load_settings, read_env_file
 
-COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
-ENV_FILE = REPO_ROOT / ".env"
-BASE_IMAGE_SCRIPT = REPO_ROOT / "platform" / "docker" / "make-base-image.sh"
-NO_EXTRA_CA = REPO_ROOT / "platform" / "docker" / "no-extra-ca.pem"
-SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
-DEFAULT_BASE_IMAGE = "debian:bookworm-slim"
-PULL_TIMEOUT_SECONDS = 120
 WAIT_TIMEOUT_SECONDS = 900
-
-
-class DockerModeError(RuntimeError):
-    """Something docker mode cannot do; the message says what and what to do."""
-
-
-def say(message: str) -> None:
-    print(message, flush=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# Running compose
-# ---------------------------------------------------------------------------------------------
-def compose_env() -> dict[str, str]:
-    """The environment compose runs in: .env's values may be overridden by the caller's environment,
-    and the build secret defaults to the host's system CA bundle, which is what makes HTTPS to PyPI
-    and Maven Central work behind a TLS-inspecting proxy (an empty file where there is none)."""
-    env = dict(os.environ)
-    if not env.get("BUILD_CA_BUNDLE"):
-        configured = read_env_file(ENV_FILE).get("BUILD_CA_BUNDLE", "")
-        system = str(SYSTEM_CA_BUNDLE) if SYSTEM_CA_BUNDLE.is_file() else str(NO_EXTRA_CA)
-        env["BUILD_CA_BUNDLE"] = configured or system
-    return env
-
-
-def compose(*args: str, capture: bool = False, check: bool = True) -> subprocess.CompletedProcess:
-    argv = ["docker", "compose", "--env-file", str(ENV_FILE), "-f", str(COMPOSE_FILE), *args]
-    result = subprocess.run(argv, env=compose_env(), text=True,
-                            stdout=subprocess.PIPE if capture else None, stderr=subprocess.PIPE if capture else None)
-    if check and result.returncode != 0:
-        detail = (result.stderr or "").strip()[-2000:] if capture else ""
-        raise DockerModeError(f"`docker compose {' '.join(args)}` failed ({result.returncode}) {detail}".strip())
-    return result
-
-
-def profile_args(profiles: list[str]) -> list[str]:
-    return [arg for profile in profiles for arg in ("--profile", profile)]
-
-
-def parse_json_lines(text: str) -> list[dict]:
-    """`compose ps --format json` prints one object per line (or one array in older versions)."""
-    text = text.strip()
-    if not text:
-        return []
-    if text.startswith("["):
-        return json.loads(text)
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-# ---------------------------------------------------------------------------------------------
-# The compose project, read from `docker compose config`
-# ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ComposeService:
-    name: str
-    profiles: tuple[str, ...]
-    image: str
-    build: dict | None
-    depends_on: tuple[str, ...]
-    one_shot: bool
-    volumes: tuple[str, ...]
-    published: bool
-
-    @property
-    def stack(self) -> str:
-        """The stack that owns the service: its first profile."""
-        return self.profiles[0]
-
-
-def load_project(config: dict) -> dict[str, ComposeService]:
-    services = {}
-    for name, spec in config["services"].items():
-        services[name] = ComposeService(
-            name=name,
-            profiles=tuple(spec.get("profiles", ())),
-            image=spec.get("image", ""),
-            build=spec.get("build"),
-            depends_on=tuple(spec.get("depends_on", {})),
-            one_shot=spec.get("restart") == "no",
-            volumes=tuple(v["source"] for v in spec.get("volumes", []) if v.get("type") == "volume"),
-            published=bool(spec.get("ports")),
-        )
-    return services
-
-
-def project_config() -> dict:
-    return json.loads(compose("--profile", "*", "config", "--format", "json", capture=True).stdout)
-
-
-def in_profiles(services: dict[str, ComposeService], profiles: list[str]) -> list[str]:
-    return [name for name, svc in services.items() if set(svc.profiles) & set(profiles)]
-
-
-def with_dependencies(services: dict[str, ComposeService], names: list[str]) -> set[str]:
-    found: set[str] = set()
-    todo = list(names)
-    while todo:
-        name = todo.pop()
-        if name not in found:
-            found.add(name)
-            todo.extend(services[name].depends_on)
-    return found
-
-
-def dependents(services: dict[str, ComposeService], names: set[str]) -> set[str]:
-    """Every service that needs one of `names`, directly or through others."""
-    found = set(names)
-    changed = True
-    while changed:
-        changed = False
-        for name, svc in services.items():
-            if name not in found and set(svc.depends_on) & found:
-                found.add(name)
-                changed = True
-    return found - names
-
-
-# ---------------------------------------------------------------------------------------------
-# Images: what is built here, what must be pulled, and whether a registry answers
-# ---------------------------------------------------------------------------------------------
-def dockerfile_bases(dockerfile: Path, build_args: dict[str, str]) -> list[str]:
-    """The images a Dockerfile starts FROM, with ARG defaults and build args expanded; stages are skipped."""
-    args: dict[str, str] = {}
-    stages: set[str] = set()
-    bases: list[str] = []
-    for line in dockerfile.read_text().splitlines():
-        if match := re.match(r"^ARG\s+(\w+)(?:=(\S*))?", line):
-            args.setdefault(match[1], build_args.get(match[1], match[2] or ""))
-        elif match := re.match(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", line, re.IGNORECASE):
-            image = re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m[1], ""), match[1])
-            if image not in stages:
-                bases.append(image)
-            if match[2]:
-                stages.add(match[2])
-    return list(dict.fromkeys(bases))
-
-
-def external_images(service: ComposeService) -> list[str]:
-    """Images the service needs from elsewhere: its base images when built here, else its image."""
-    if service.build:
-        context = Path(service.build.get("context", REPO_ROOT))
-        dockerfile = context / service.build.get("dockerfile", "Dockerfile")
-        return dockerfile_bases(dockerfile, service.build.get("args") or {})
-    return [service.image]
-
-
-def image_present(image: str) -> bool:
-    return subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode == 0
-
-
-def pull(image: str) -> str | None:
-    """None when the image is here after pulling it, else why it is not."""
-    try:
-        result = subprocess.run(["docker", "pull", image], capture_output=True, text=True,
-                                timeout=PULL_TIMEOUT_SECONDS)
-    except subprocess.TimeoutExpired:
-        return f"no registry answered for {image} within {PULL_TIMEOUT_SECONDS}s"
-    if result.returncode == 0:
-        return None
-    lines = (result.stderr or result.stdout).strip().splitlines()
-    return f"{image} cannot be pulled: {lines[-1] if lines else 'no reason given'}"
-
-
-def base_image() -> str:
-    return os.environ.get("BASE_IMAGE") or read_env_file(ENV_FILE).get("BASE_IMAGE") or DEFAULT_BASE_IMAGE
-
-
-def ensure_base_image() -> None:
-    """The base of every image we build: here already, pulled, or made with debootstrap (as root)."""
-    image = base_image()
-    if image_present(image):
-        return
-    reason = pull(image)
-    if reason is None:
-        return
-    if os.geteuid() != 0:
-        raise DockerModeError(f"{reason}\nMake it from Debian's packages instead (needs root and debootstrap):\n"
-                              f"    sudo apt-get install -y debootstrap && sudo bash {BASE_IMAGE_SCRIPT} {image}")
-    say(f"==> {reason}; making {image} with debootstrap")
-    if subprocess.run(["bash", str(BASE_IMAGE_SCRIPT), image]).returncode != 0:
-        raise DockerModeError(f"making the base image {image} failed (see above)")
-
-
-def unavailable_images(services: dict[str, ComposeService], names: set[str]) -> dict[str, str]:
-    """Service name -> why it cannot start, for services whose images no registry gives."""
-    ours = base_image()
-    reasons_by_image: dict[str, str | None] = {}
-    blocked: dict[str, str] = {}
-    for name in sorted(names):
-        for image in external_images(services[name]):
-            if image == ours:
-                continue
-            if image not in reasons_by_image:
-                reasons_by_image[image] = None if image_present(image) else pull(image)
-            if reasons_by_image[image]:
-                blocked[name] = reasons_by_image[image]
-    cannot_start = set(blocked) | dependents(services, set(blocked))
-    for name in (cannot_start - set(blocked)) & names:
-        needed = sorted(set(services[name].depends_on) & cannot_start)
-        blocked[name] = f"needs {', '.join(needed)}, which cannot start"
-    return blocked
-
-
-# ---------------------------------------------------------------------------------------------
-# Verbs
-# ---------------------------------------------------------------------------------------------
-def container_states(services: list[str] | None = None) -> dict[str, dict]:
-    result = compose("--profile", "*", "ps", "--all", "--format", "json", *(services or []), capture=True)
-    return {row["Service"]: row for row in parse_json_lines(result.stdout)}
 
 
 def runnable_services(services: dict[str, ComposeService], stack: str, profiles: list[str]) -> list[str]:

@@ -2,6 +2,8 @@
 
 docker-compose.yml's healthchecks and local mode's `up`/`status` call the same functions, so "healthy"
 means the same thing in both modes: the service answers a real request, not merely that a port is open.
+A service whose health is a gauge of its metrics says so in its row of the service table
+(services.MetricsHealth); one function, `metrics_health`, checks them all.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from functools import partial
 
+from mlops_platform.postgres import open_connection
+from mlops_platform.services import SERVICES, Service
 from mlops_platform.settings import Settings, get_settings
 
 TIMEOUT_SECONDS = 3.0
@@ -45,12 +50,22 @@ def scrape_metrics(url: str) -> dict[str, float]:
     return values
 
 
-def require_ready(values: dict[str, float], gauge: str, url: str, service: str, not_ready_means: str) -> None:
-    """Raise Unhealthy unless the service's ready gauge is present and 1."""
-    if gauge not in values:
-        raise Unhealthy(f"{url} answered without {gauge}: is this the {service}?")
-    if values[gauge] != 1.0:
-        raise Unhealthy(f"{gauge} is {values[gauge]:g}, expected 1: {not_ready_means}")
+class _AbsentReadsZero(dict):
+    def __missing__(self, key: str) -> float:
+        return 0.0
+
+
+def metrics_health(service: Service, settings: Settings) -> str:
+    """Healthy when the service's /metrics answers with its ready gauge at 1 (services.MetricsHealth);
+    the detail is the service's summary of its samples."""
+    spec = service.health
+    url = service.url(settings)
+    values = scrape_metrics(url)
+    if spec.ready_gauge not in values:
+        raise Unhealthy(f"{url} answered without {spec.ready_gauge}: is this the {service.name.replace('-', ' ')}?")
+    if values[spec.ready_gauge] != 1.0:
+        raise Unhealthy(f"{spec.ready_gauge} is {values[spec.ready_gauge]:g}, expected 1: {spec.not_ready_means}")
+    return "ready, " + spec.summary.format_map(_AbsentReadsZero(values))
 
 
 def postgres(settings: Settings) -> str:
@@ -58,7 +73,7 @@ def postgres(settings: Settings) -> str:
 
     for database in settings.databases:
         try:
-            conn = psycopg2.connect(settings.postgres_dsn(database), connect_timeout=3)
+            conn = open_connection(settings, timeout=int(TIMEOUT_SECONDS), database=database)
             try:
                 with conn.cursor() as cur:
                     cur.execute("select 1")
@@ -71,12 +86,10 @@ def postgres(settings: Settings) -> str:
 
 def redis(settings: Settings) -> str:
     import redis as redis_lib
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
 
-    client = redis_lib.Redis(host=settings.redis_host, port=settings.redis_port,
-                             password=settings.redis_password, socket_timeout=TIMEOUT_SECONDS,
-                             socket_connect_timeout=TIMEOUT_SECONDS, retry=Retry(NoBackoff(), 0))
+    from mlops_platform.redis_client import redis_client
+
+    client = redis_client(settings, timeout=TIMEOUT_SECONDS, retries=0)
     try:
         client.ping()
     except redis_lib.RedisError as exc:
@@ -126,12 +139,6 @@ def kafka(settings: Settings) -> str:
     return f"broker answers, {len(topics)} topics"
 
 
-def stream_consumer(settings: Settings) -> str:
-    from data_pipeline.stream_consumer import consumer_health
-
-    return consumer_health(settings)
-
-
 def serving(settings: Settings) -> str:
     """Alive is healthy; whether a model is loaded is reported, since a fresh platform has none yet."""
     status, body = _get(f"{settings.serving_url}/health")
@@ -139,18 +146,6 @@ def serving(settings: Settings) -> str:
         raise Unhealthy(f"/health answered {status}: {body[:200]}")
     ready_status, ready_body = _get(f"{settings.serving_url}/ready")
     return "ready" if ready_status == 200 else f"alive, not ready: {ready_body[:160]}"
-
-
-def prediction_logger(settings: Settings) -> str:
-    from model_serving.prediction_logger import logger_health
-
-    return logger_health(settings)
-
-
-def monitoring_service(settings: Settings) -> str:
-    from monitoring_service.service import service_health
-
-    return service_health(settings)
 
 
 def prometheus(settings: Settings) -> str:
@@ -169,11 +164,9 @@ CHECKS: dict[str, Callable[[Settings], str]] = {
     "airflow-dag-processor": airflow_component("dag_processor"),
     "airflow-triggerer": airflow_component("triggerer"),
     "kafka": kafka,
-    "stream-consumer": stream_consumer,
-    "prediction-logger": prediction_logger,
     "serving": serving,
-    "monitoring-service": monitoring_service,
     "prometheus": prometheus,
+    **{service.name: partial(metrics_health, service) for service in SERVICES if service.health is not None},
 }
 
 

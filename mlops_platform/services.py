@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlops_platform import mlflow_server
 from mlops_platform.settings import REPO_ROOT, Settings
 
 STACKS = ("feast", "mlflow", "airflow", "kafka", "monitoring", "elk", "jenkins", "serving")
@@ -31,6 +32,19 @@ PROMETHEUS_CONFIG = REPO_ROOT / "monitoring" / "prometheus" / "prometheus.yml"
 class Command:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MetricsHealth:
+    """Health read from the service's /metrics (its `url`): healthy when `ready_gauge` is 1.
+
+    `not_ready_means` says what a 0 means; `summary` is the detail shown once ready, a format string
+    over the scraped samples (summed over labels; an absent one reads 0), e.g. "lag {my_lag:.0f}".
+    """
+
+    ready_gauge: str
+    not_ready_means: str
+    summary: str
 
 
 @dataclass(frozen=True)
@@ -48,6 +62,8 @@ class Service:
     # PostgreSQL treats SIGTERM as "wait for every client"; SIGINT is its fast, clean shutdown.
     stop_signal: str = "SIGTERM"
     extra_ports: Callable[[Settings], list[int]] = lambda s: []
+    # How `python -m mlops_platform.health <name>` checks a service whose health is a gauge of its metrics.
+    health: MetricsHealth | None = None
 
 
 def _http(host: str, port: int, path: str = "") -> str:
@@ -72,15 +88,25 @@ SERVICES: tuple[Service, ...] = (
             extra_ports=lambda s: [s.kafka_controller_port],
             url=lambda s: f"kafka://{s.kafka_bootstrap_servers}"),
     Service("stream-consumer", "kafka", port=lambda s: s.stream_consumer_port, requires=("kafka", "feast-apply"),
-            url=lambda s: f"{s.stream_consumer_url}/metrics"),
+            url=lambda s: f"{s.stream_consumer_url}/metrics", health=MetricsHealth(
+                "driver_stats_consumer_ready",
+                "not connected to Kafka and the stores yet, or the last batch failed (see its log)",
+                "{driver_stats_consumer_messages_consumed_total:.0f} messages consumed, "
+                "lag {driver_stats_consumer_lag:.0f}")),
     Service("prometheus", "monitoring", port=lambda s: s.prometheus_port, launch="native",
             url=lambda s: s.prometheus_url),
     Service("prediction-logger", "serving", port=lambda s: s.prediction_logger_port, requires=("kafka", "postgres"),
-            url=lambda s: f"{s.prediction_logger_url}/metrics"),
+            url=lambda s: f"{s.prediction_logger_url}/metrics", health=MetricsHealth(
+                "prediction_logger_ready",
+                "not connected to Kafka and PostgreSQL yet, or the last batch failed (see its log)",
+                "{prediction_logger_messages_consumed_total:.0f} messages consumed, lag {prediction_logger_lag:.0f}")),
     Service("serving", "serving", port=lambda s: s.serving_port, requires=("redis", "mlflow", "kafka", "feast-apply"),
             url=lambda s: s.serving_url),
     Service("monitoring-service", "monitoring", port=lambda s: s.monitoring_service_port,
-            requires=("postgres", "mlflow"), url=lambda s: f"{s.monitoring_service_url}/metrics"),
+            requires=("postgres", "mlflow"), url=lambda s: f"{s.monitoring_service_url}/metrics",
+            health=MetricsHealth(
+                "monitoring_ready", "the first evaluation has not read the prediction log yet, or PostgreSQL "
+                "does not answer (see the service's log)", "window has data: {monitoring_window_has_data}")),
     Service("grafana", "monitoring", docker_only=True, url=lambda s: _http(s.bind_address, s.grafana_port)),
     Service("elasticsearch", "elk", docker_only=True,
             url=lambda s: _http(s.bind_address, s.elasticsearch_port)),
@@ -161,24 +187,8 @@ def write_airflow_passwords(settings: Settings) -> None:
 
 def python_command(name: str, settings: Settings) -> Command:
     py = sys.executable
-    if name == "mlflow":
-        artifacts = data_dir(settings, "mlflow-artifacts")
-        artifacts.mkdir(parents=True, exist_ok=True)
-        data_dir(settings, "mlflow-metrics").mkdir(parents=True, exist_ok=True)
-        # Any port: in docker mode the host reaches MLflow through its published port, which can differ
-        # from the port it listens on in its container.
-        allowed = sorted({settings.mlflow_host, "127.0.0.1", "localhost", "mlflow"})
-        return Command(
-            [py, "-m", "mlflow", "server",
-             "--artifacts-destination", str(artifacts), "--serve-artifacts",
-             "--host", settings.listen_address, "--port", str(settings.mlflow_port),
-             "--workers", str(settings.mlflow_workers),
-             "--expose-prometheus", str(data_dir(settings, "mlflow-metrics")),
-             "--allowed-hosts", ",".join([*allowed, *(f"{h}:*" for h in allowed)])],
-            # The store's URI holds the database password: the environment, never the command line.
-            {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-             "MLFLOW_BACKEND_STORE_URI": settings.postgres_url(settings.mlflow_db)},
-        )
+    if name == "mlflow":  # its fixed options are in mlflow/server.toml
+        return Command(*mlflow_server.server_command(settings))
     if name == "airflow-init":
         return Command([py, "-m", "airflow", "db", "migrate"], airflow_env(settings))
     if name.startswith("airflow-"):
@@ -324,12 +334,6 @@ def native_command(name: str, settings: Settings) -> Command:
             "--web.enable-lifecycle", "--storage.tsdb.retention.time=7d",
         ])
     raise KeyError(f"{name} is not a native service")
-
-
-def command_for(service: Service, settings: Settings) -> Command:
-    if service.launch == "native":
-        return native_command(service.name, settings)
-    return python_command(service.name, settings)
 
 
 def local_launch(service: Service, settings: Settings) -> Command:

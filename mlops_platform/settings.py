@@ -1,17 +1,23 @@
-"""One place for configuration.
+"""One place for configuration: each variable declared once, as the Settings field that holds it.
 
-Values come from the process environment, then from `.env` at the repository root, then from the
-defaults below (which match `.env.example`). They are read once per process. Hosts default to
-127.0.0.1 for local mode; docker-compose.yml sets them to service names, so every URI below is right
-in both modes without a branch.
+A field names its environment variable and its parser (`setting("POSTGRES_PORT", port)`); its default
+and its documentation live in `.env.example`, the one place for both. Values come from the process
+environment, then from `.env` at the repository root, then from `.env.example`, and are read once per
+process. Hosts default to 127.0.0.1 for local mode; docker-compose.yml sets them to service names, so
+every URI below is right in both modes without a branch. tests/unit/test_settings.py checks that
+`.env.example` holds exactly the declared variables, tests/unit/test_compose_environment.py that
+docker-compose.yml passes only declared ones.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -38,86 +44,173 @@ class SettingsError(ValueError):
     """A configuration value is missing or malformed."""
 
 
+# ---- parsers: (variable, text) -> value, raising SettingsError that names the variable ----
+Parser = Callable[[str, str], Any]
+
+
+def text(key: str, raw: str) -> str:
+    return raw
+
+
+def upper(key: str, raw: str) -> str:
+    return raw.upper()
+
+
+def integer(key: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{key} must be an integer, got {raw!r}") from None
+
+
+def number(key: str, raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{key} must be a number, got {raw!r}") from None
+
+
+def port(key: str, raw: str) -> int:
+    value = integer(key, raw)
+    if not 1 <= value <= 65535:
+        raise SettingsError(f"{key} must be a TCP port in 1..65535, got {value}")
+    return value
+
+
+def positive(key: str, raw: str) -> int:
+    value = integer(key, raw)
+    if value <= 0:
+        raise SettingsError(f"{key} must be a positive integer, got {value}")
+    return value
+
+
+def share(key: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise SettingsError(f"{key} must be a share between 0 and 1, got {raw!r}")
+    return value
+
+
+def workers(key: str, raw: str) -> int:
+    """A process count; 0 means one per core."""
+    return integer(key, raw) or (os.cpu_count() or 1)
+
+
+def home_folder(key: str, raw: str) -> Path:
+    """A folder; a relative one is under the repository root."""
+    path = Path(raw)
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def optional_folder(key: str, raw: str) -> Path | None:
+    """A folder, or None when empty (a rule in load_settings then puts it under PLATFORM_HOME)."""
+    return Path(raw) if raw else None
+
+
+def one_of(*choices: str) -> Parser:
+    said = f"{', '.join(choices[:-1])} or {choices[-1]}"
+
+    def parse(key: str, raw: str) -> str:
+        if raw not in choices:
+            raise SettingsError(f"{key} must be {said}, got {raw!r}")
+        return raw
+
+    return parse
+
+
+def setting(variable: str, parse: Parser = text, *, placeholder_default: bool = False) -> Any:
+    """A Settings field read from `variable` with `parse`.
+
+    placeholder_default: the .env.example value is only a placeholder for `run.sh setup` to fill, and
+    an unset variable reads as empty instead of failing (rules decide whether empty is allowed).
+    """
+    return dataclasses.field(metadata={"variable": variable, "parse": parse, "placeholder": placeholder_default})
+
+
 @dataclass(frozen=True)
 class Settings:
-    mode: str
-    home: Path
-    bind_address: str
-    listen_address: str
-    health_timeout: float
+    mode: str = setting("PLATFORM_MODE", one_of("auto", "local", "docker"))
+    home: Path = setting("PLATFORM_HOME", home_folder)
+    bind_address: str = setting("BIND_ADDRESS")
+    listen_address: str = setting("LISTEN_ADDRESS")
+    health_timeout: float = setting("HEALTH_TIMEOUT_SECONDS", number)
 
-    postgres_host: str
-    postgres_port: int
-    postgres_user: str
-    postgres_password: str
-    feast_db: str
-    mlflow_db: str
-    airflow_db: str
+    postgres_host: str = setting("POSTGRES_HOST")
+    postgres_port: int = setting("POSTGRES_PORT", port)
+    postgres_user: str = setting("POSTGRES_USER")
+    postgres_password: str = setting("POSTGRES_PASSWORD")
+    feast_db: str = setting("FEAST_DB")
+    mlflow_db: str = setting("MLFLOW_DB")
+    airflow_db: str = setting("AIRFLOW_DB")
 
-    redis_host: str
-    redis_port: int
-    redis_password: str
+    redis_host: str = setting("REDIS_HOST")
+    redis_port: int = setting("REDIS_PORT", port)
+    redis_password: str = setting("REDIS_PASSWORD")
 
-    mlflow_host: str
-    mlflow_port: int
-    mlflow_workers: int
+    mlflow_host: str = setting("MLFLOW_HOST")
+    mlflow_port: int = setting("MLFLOW_PORT", port)
+    mlflow_workers: int = setting("MLFLOW_WORKERS", integer)
 
-    airflow_host: str
-    airflow_port: int
-    airflow_admin_user: str
-    airflow_admin_password: str
-    airflow_parallelism: int
-    airflow_fernet_key: str
-    airflow_secret_key: str
-    airflow_jwt_expiration_seconds: int
+    airflow_host: str = setting("AIRFLOW_HOST")
+    airflow_port: int = setting("AIRFLOW_PORT", port)
+    airflow_admin_user: str = setting("AIRFLOW_ADMIN_USER")
+    airflow_admin_password: str = setting("AIRFLOW_ADMIN_PASSWORD")
+    airflow_parallelism: int = setting("AIRFLOW_PARALLELISM", integer)
+    airflow_fernet_key: str = setting("AIRFLOW_FERNET_KEY")
+    airflow_secret_key: str = setting("AIRFLOW_SECRET_KEY")
+    airflow_jwt_expiration_seconds: int = setting("AIRFLOW_JWT_EXPIRATION_SECONDS", integer)
 
-    kafka_host: str
-    kafka_port: int
-    kafka_controller_port: int
-    kafka_heap: str
+    kafka_host: str = setting("KAFKA_HOST")
+    kafka_port: int = setting("KAFKA_PORT", port)
+    kafka_controller_port: int = setting("KAFKA_CONTROLLER_PORT", port)
+    kafka_heap: str = setting("KAFKA_HEAP")
 
-    landing_dir: Path
-    ingest_max_invalid_share: float
-    materialize_overlap_minutes: int
-    driver_stats_topic: str
-    driver_stats_dlq_topic: str
-    stream_consumer_host: str
-    stream_consumer_port: int
+    landing_dir: Path = setting("LANDING_DIR", optional_folder)
+    ingest_max_invalid_share: float = setting("INGEST_MAX_INVALID_SHARE", share)
+    materialize_overlap_minutes: int = setting("MATERIALIZE_OVERLAP_MINUTES", integer)
+    driver_stats_topic: str = setting("DRIVER_STATS_TOPIC")
+    driver_stats_dlq_topic: str = setting("DRIVER_STATS_DLQ_TOPIC")
+    stream_consumer_host: str = setting("STREAM_CONSUMER_HOST")
+    stream_consumer_port: int = setting("STREAM_CONSUMER_PORT", port)
 
-    monitoring_service_host: str
-    monitoring_service_port: int
-    monitor_interval_seconds: float
-    monitor_window_minutes: int
-    monitor_min_rows: int
-    drift_share_threshold: float
-    live_rmse_threshold: float
-    retrain_sustain_minutes: float
-    retrain_cooldown_minutes: float
+    monitoring_service_host: str = setting("MONITORING_SERVICE_HOST")
+    monitoring_service_port: int = setting("MONITORING_SERVICE_PORT", port)
+    monitor_interval_seconds: float = setting("MONITOR_INTERVAL_SECONDS", number)
+    monitor_window_minutes: int = setting("MONITOR_WINDOW_MINUTES", integer)
+    monitor_min_rows: int = setting("MONITOR_MIN_ROWS", integer)
+    drift_share_threshold: float = setting("DRIFT_SHARE_THRESHOLD", share)
+    live_rmse_threshold: float = setting("LIVE_RMSE_THRESHOLD", number)
+    retrain_sustain_minutes: float = setting("RETRAIN_SUSTAIN_MINUTES", number)
+    retrain_cooldown_minutes: float = setting("RETRAIN_COOLDOWN_MINUTES", number)
 
-    prometheus_host: str
-    prometheus_port: int
-    grafana_port: int
-    elasticsearch_port: int
-    kibana_port: int
-    jenkins_port: int
+    prometheus_host: str = setting("PROMETHEUS_HOST")
+    prometheus_port: int = setting("PROMETHEUS_PORT", port)
+    grafana_port: int = setting("GRAFANA_PORT", port)
+    elasticsearch_port: int = setting("ELASTICSEARCH_PORT", port)
+    kibana_port: int = setting("KIBANA_PORT", port)
+    jenkins_port: int = setting("JENKINS_PORT", port)
 
-    model_name: str
-    model_alias: str
-    serving_host: str
-    serving_port: int
-    serving_workers: int
-    serving_max_drivers: int
-    model_refresh_seconds: float
-    serving_auth: bool
-    serving_api_token: str
-    predictions_topic: str
-    ground_truth_topic: str
-    event_spool_dir: Path
-    event_spool_max_bytes: int
-    prediction_logger_host: str
-    prediction_logger_port: int
+    model_name: str = setting("MODEL_NAME")
+    model_alias: str = setting("MODEL_ALIAS")
+    serving_host: str = setting("SERVING_HOST")
+    serving_port: int = setting("SERVING_PORT", port)
+    serving_workers: int = setting("SERVING_WORKERS", workers)
+    serving_max_drivers: int = setting("SERVING_MAX_DRIVERS", integer)
+    model_refresh_seconds: float = setting("MODEL_REFRESH_SECONDS", number)
+    # Read as auto/on/off; load_settings turns it into on or off by the mode.
+    serving_auth: bool = setting("SERVING_AUTH", one_of("auto", "on", "off"))
+    serving_api_token: str = setting("SERVING_API_TOKEN", placeholder_default=True)
+    predictions_topic: str = setting("PREDICTIONS_TOPIC")
+    ground_truth_topic: str = setting("GROUND_TRUTH_TOPIC")
+    event_spool_dir: Path = setting("EVENT_SPOOL_DIR", optional_folder)
+    event_spool_max_bytes: int = setting("EVENT_SPOOL_MAX_BYTES", positive)
+    prediction_logger_host: str = setting("PREDICTION_LOGGER_HOST")
+    prediction_logger_port: int = setting("PREDICTION_LOGGER_PORT", port)
 
-    log_level: str
+    log_level: str = setting("LOG_LEVEL", upper)
 
     # ---- derived values: every consumer builds URIs here, never by hand ----
     def postgres_dsn(self, database: str) -> str:
@@ -197,6 +290,31 @@ class Settings:
         }
 
 
+# Variables of docker mode that no Python service reads: compose hands them to the images that need
+# them, and run.sh or mlops_platform/docker_mode.py read them for builds and the table of logins.
+DOCKER_ONLY_VARIABLES: dict[str, str] = {
+    "BASE_IMAGE": "the image every image of ours starts FROM (compose build args, docker_mode.py)",
+    "BUILD_CA_BUNDLE": "extra CA certificates image builds trust (run.sh, docker_mode.py)",
+    "GRAFANA_ADMIN_USER": "Grafana's admin login (compose -> grafana)",
+    "GRAFANA_ADMIN_PASSWORD": "Grafana's admin password (compose -> grafana)",
+    "ELASTIC_PASSWORD": "the elastic user's password (compose -> Elasticsearch, Kibana, Filebeat, setup jobs)",
+    "KIBANA_SYSTEM_PASSWORD": "the kibana_system user's password (compose -> Kibana, elk-setup)",
+    "KIBANA_ENCRYPTION_KEY": "Kibana's saved-object and reporting encryption key (compose -> kibana)",
+    "JENKINS_ADMIN_USER": "Jenkins' admin login (compose -> jenkins, casc.yaml)",
+    "JENKINS_ADMIN_PASSWORD": "Jenkins' admin password (compose -> jenkins, casc.yaml)",
+}
+
+
+def setting_variables() -> dict[str, str]:
+    """Environment variable -> Settings attribute, for every variable the Python services read."""
+    return {f.metadata["variable"]: f.name for f in dataclasses.fields(Settings)}
+
+
+def declared_variables() -> set[str]:
+    """Every configuration variable of the platform: what .env.example documents, no more, no less."""
+    return set(setting_variables()) | set(DOCKER_ONLY_VARIABLES)
+
+
 _DEFAULTS: dict[str, str] = read_env_file(REPO_ROOT / ".env.example")
 
 
@@ -215,122 +333,24 @@ def load_settings(environ: dict[str, str] | None = None, env_file: Path | None =
     """Build settings from an environment mapping and a dotenv file (the environment wins)."""
     env = read_env_file(env_file or REPO_ROOT / ".env")
     env.update(os.environ if environ is None else environ)
+    values = {}
+    for field in dataclasses.fields(Settings):
+        variable = field.metadata["variable"]
+        raw = env.get(variable, "") if field.metadata["placeholder"] else _lookup(env, variable)
+        values[field.name] = field.metadata["parse"](variable, raw)
+    return Settings(**_apply_rules(values))
 
-    def text(key: str) -> str:
-        return _lookup(env, key)
 
-    def integer(key: str) -> int:
-        raw = text(key)
-        try:
-            return int(raw)
-        except ValueError:
-            raise SettingsError(f"{key} must be an integer, got {raw!r}") from None
-
-    def port(key: str) -> int:
-        value = integer(key)
-        if not 1 <= value <= 65535:
-            raise SettingsError(f"{key} must be a TCP port in 1..65535, got {value}")
-        return value
-
-    def positive(key: str) -> int:
-        value = integer(key)
-        if value <= 0:
-            raise SettingsError(f"{key} must be a positive integer, got {value}")
-        return value
-
-    def share(key: str) -> float:
-        raw = text(key)
-        try:
-            value = float(raw)
-        except ValueError:
-            value = -1.0
-        if not 0.0 <= value <= 1.0:
-            raise SettingsError(f"{key} must be a share between 0 and 1, got {raw!r}")
-        return value
-
-    mode = text("PLATFORM_MODE")
-    if mode not in {"auto", "local", "docker"}:
-        raise SettingsError(f"PLATFORM_MODE must be auto, local or docker, got {mode!r}")
-    auth = text("SERVING_AUTH")
-    if auth not in {"auto", "on", "off"}:
-        raise SettingsError(f"SERVING_AUTH must be auto, on or off, got {auth!r}")
-    serving_auth = auth == "on" or (auth == "auto" and mode == "docker")
-    if serving_auth and not env.get("SERVING_API_TOKEN"):
+def _apply_rules(values: dict[str, Any]) -> dict[str, Any]:
+    """The rules that join several variables: serving auth by mode, folders under PLATFORM_HOME."""
+    auth, token = values["serving_auth"], values["serving_api_token"]
+    serving_auth = auth == "on" or (auth == "auto" and values["mode"] == "docker")
+    if serving_auth and not token:
         raise SettingsError("SERVING_AUTH is on but SERVING_API_TOKEN is empty: run `bash run.sh setup` or set it")
-    home = Path(text("PLATFORM_HOME"))
-    if not home.is_absolute():
-        home = REPO_ROOT / home
-
-    return Settings(
-        mode=mode,
-        home=home,
-        bind_address=text("BIND_ADDRESS"),
-        listen_address=text("LISTEN_ADDRESS"),
-        health_timeout=float(text("HEALTH_TIMEOUT_SECONDS")),
-        postgres_host=text("POSTGRES_HOST"),
-        postgres_port=port("POSTGRES_PORT"),
-        postgres_user=text("POSTGRES_USER"),
-        postgres_password=text("POSTGRES_PASSWORD"),
-        feast_db=text("FEAST_DB"),
-        mlflow_db=text("MLFLOW_DB"),
-        airflow_db=text("AIRFLOW_DB"),
-        redis_host=text("REDIS_HOST"),
-        redis_port=port("REDIS_PORT"),
-        redis_password=text("REDIS_PASSWORD"),
-        mlflow_host=text("MLFLOW_HOST"),
-        mlflow_port=port("MLFLOW_PORT"),
-        mlflow_workers=integer("MLFLOW_WORKERS"),
-        airflow_host=text("AIRFLOW_HOST"),
-        airflow_port=port("AIRFLOW_PORT"),
-        airflow_admin_user=text("AIRFLOW_ADMIN_USER"),
-        airflow_admin_password=text("AIRFLOW_ADMIN_PASSWORD"),
-        airflow_parallelism=integer("AIRFLOW_PARALLELISM"),
-        airflow_fernet_key=text("AIRFLOW_FERNET_KEY"),
-        airflow_secret_key=text("AIRFLOW_SECRET_KEY"),
-        airflow_jwt_expiration_seconds=integer("AIRFLOW_JWT_EXPIRATION_SECONDS"),
-        kafka_host=text("KAFKA_HOST"),
-        kafka_port=port("KAFKA_PORT"),
-        kafka_controller_port=port("KAFKA_CONTROLLER_PORT"),
-        kafka_heap=text("KAFKA_HEAP"),
-        landing_dir=Path(env.get("LANDING_DIR") or home / "landing"),
-        ingest_max_invalid_share=share("INGEST_MAX_INVALID_SHARE"),
-        materialize_overlap_minutes=integer("MATERIALIZE_OVERLAP_MINUTES"),
-        driver_stats_topic=text("DRIVER_STATS_TOPIC"),
-        driver_stats_dlq_topic=text("DRIVER_STATS_DLQ_TOPIC"),
-        stream_consumer_host=text("STREAM_CONSUMER_HOST"),
-        stream_consumer_port=port("STREAM_CONSUMER_PORT"),
-        monitoring_service_host=text("MONITORING_SERVICE_HOST"),
-        monitoring_service_port=port("MONITORING_SERVICE_PORT"),
-        monitor_interval_seconds=float(text("MONITOR_INTERVAL_SECONDS")),
-        monitor_window_minutes=integer("MONITOR_WINDOW_MINUTES"),
-        monitor_min_rows=integer("MONITOR_MIN_ROWS"),
-        drift_share_threshold=share("DRIFT_SHARE_THRESHOLD"),
-        live_rmse_threshold=float(text("LIVE_RMSE_THRESHOLD")),
-        retrain_sustain_minutes=float(text("RETRAIN_SUSTAIN_MINUTES")),
-        retrain_cooldown_minutes=float(text("RETRAIN_COOLDOWN_MINUTES")),
-        prometheus_host=text("PROMETHEUS_HOST"),
-        prometheus_port=port("PROMETHEUS_PORT"),
-        grafana_port=port("GRAFANA_PORT"),
-        elasticsearch_port=port("ELASTICSEARCH_PORT"),
-        kibana_port=port("KIBANA_PORT"),
-        jenkins_port=port("JENKINS_PORT"),
-        model_name=text("MODEL_NAME"),
-        model_alias=text("MODEL_ALIAS"),
-        serving_host=text("SERVING_HOST"),
-        serving_port=port("SERVING_PORT"),
-        serving_workers=integer("SERVING_WORKERS") or (os.cpu_count() or 1),
-        serving_max_drivers=integer("SERVING_MAX_DRIVERS"),
-        model_refresh_seconds=float(text("MODEL_REFRESH_SECONDS")),
-        serving_auth=serving_auth,
-        serving_api_token=env.get("SERVING_API_TOKEN", "") if serving_auth else "",
-        predictions_topic=text("PREDICTIONS_TOPIC"),
-        ground_truth_topic=text("GROUND_TRUTH_TOPIC"),
-        event_spool_dir=Path(env.get("EVENT_SPOOL_DIR") or home / "event-spool"),
-        event_spool_max_bytes=positive("EVENT_SPOOL_MAX_BYTES"),
-        prediction_logger_host=text("PREDICTION_LOGGER_HOST"),
-        prediction_logger_port=port("PREDICTION_LOGGER_PORT"),
-        log_level=text("LOG_LEVEL").upper(),
-    )
+    home = values["home"]
+    return {**values, "serving_auth": serving_auth, "serving_api_token": token if serving_auth else "",
+            "landing_dir": values["landing_dir"] or home / "landing",
+            "event_spool_dir": values["event_spool_dir"] or home / "event-spool"}
 
 
 @functools.lru_cache(maxsize=1)

@@ -29,7 +29,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data_pipeline.offline_store import STATS_TABLE, connect
+from data_pipeline.offline_store import STATS_TABLE
+from mlops_platform import model_registry
+from mlops_platform.feature_store import feature_store
+from mlops_platform.postgres import connect
 from mlops_platform.settings import Settings, get_settings
 from model_serving.prediction_store import BATCH_COLUMNS, ensure_schema, replace_batch_predictions
 
@@ -37,10 +40,6 @@ ENTITY = "driver_id"
 TIMESTAMP = "event_timestamp"
 EXPORT_FOLDER = "batch_predictions"
 log = logging.getLogger("model_serving.batch")
-
-
-class NoChampion(LookupError):
-    """The registry has no version under the alias batch scoring follows."""
 
 
 @dataclass(frozen=True)
@@ -89,23 +88,12 @@ def _utc(value: datetime) -> datetime:
 def load_champion_model(settings: Settings) -> ServedModel:
     """The version `settings.model_alias` names, loaded; NoChampion when the alias or model is missing."""
     import mlflow.pyfunc
-    from mlflow.exceptions import MlflowException
 
-    from training_pipeline.tracking import check_server, client
-
-    check_server(settings.mlflow_tracking_uri)
-    mlflow_client = client(settings.mlflow_tracking_uri)
-    try:
-        version = mlflow_client.get_model_version_by_alias(settings.model_name, settings.model_alias)
-    except MlflowException as exc:
-        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            raise
-        raise NoChampion(
-            f"expected registered model {settings.model_name!r} to have a version under alias "
-            f"{settings.model_alias!r}, found none ({exc.message}): train and promote one first "
-            "(`airflow dags trigger training` or `python -m training_pipeline`), or set MODEL_NAME") from None
-    model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{version.version}")
-    return ServedModel(settings.model_name, str(version.version), version.run_id or "", model)
+    model_registry.check_server(settings.mlflow_tracking_uri)
+    mlflow_client = model_registry.client(settings.mlflow_tracking_uri)
+    champion = model_registry.champion(mlflow_client, settings.model_name, settings.model_alias)
+    model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{champion.version}")
+    return ServedModel(champion.name, champion.version, champion.run_id, model)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,8 +202,6 @@ def export_scores(scored: pd.DataFrame, path: Path) -> Path:
 # ---------------------------------------------------------------------------------------------
 def run_batch(at: datetime, run_id: str, settings: Settings | None = None, store=None) -> BatchReport:
     """Score every driver active at `at` with the champion; idempotent per run id."""
-    from data_pipeline.materialize import feature_store
-
     settings = settings or get_settings()
     at = _utc(at)
     began = time.perf_counter()
@@ -254,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     at = _utc(args.at)
     try:
         report = run_batch(at, args.run_id or f"manual__{at.isoformat()}", settings)
-    except NoChampion as exc:
+    except model_registry.NoChampion as exc:
         print(json.dumps({"error": str(exc)}))
         return 1
     print(json.dumps(report.as_dict()))

@@ -2,7 +2,7 @@
 
 Feast's `get_online_features` costs about 0.6 ms of CPU for ten drivers, most of it building and
 converting protobuf responses; the API reads the same hashes with one asynchronous round trip and
-decodes only the values it needs. Keys and field names are Feast's own (data_pipeline.materialize
+decodes only the values it needs. Keys and field names are Feast's own (mlops_platform.feature_store
 derives them from Feast's serializers and checks them at start-up), and the service's definition
 (feature view, features, TTL) comes from Feast's registry, so nothing here is written twice.
 
@@ -19,9 +19,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from feast_repo.features import FEATURE_SERVICE
+from mlops_platform.feature_store import FeastRedisEncoding, feature_store, value_kinds
+from mlops_platform.redis_client import async_redis_client
 from mlops_platform.settings import Settings
 
-FEATURE_SERVICE = "driver_trip_completion"
 REDIS_TIMEOUT_SECONDS = 0.5
 # A whole read (including one reconnect after Redis restarted) never takes longer than this.
 READ_DEADLINE_SECONDS = 1.5
@@ -56,8 +58,6 @@ class FeatureSpec:
 
 def load_spec(settings: Settings, service_name: str = FEATURE_SERVICE) -> FeatureSpec:
     """The feature service's single feature view, from the registry (PostgreSQL) through Feast."""
-    from data_pipeline.materialize import _kinds, feature_store
-
     store = feature_store(settings)
     service = store.get_feature_service(service_name)
     projections = service.feature_view_projections
@@ -69,7 +69,7 @@ def load_spec(settings: Settings, service_name: str = FEATURE_SERVICE) -> Featur
     if len(view.entity_columns) != 1:
         raise ValueError(f"feature view {view.name!r} has entity columns {[c.name for c in view.entity_columns]}; "
                          "the online API reads a single int64 entity key")
-    all_kinds = _kinds(view)
+    all_kinds = value_kinds(view)
     wanted = [f.name for f in projection.features] or list(all_kinds)
     ttl = view.ttl.total_seconds() if view.ttl else 0.0
     return FeatureSpec(store.project, view.name, view.entity_columns[0].name,
@@ -93,8 +93,6 @@ class FeatureDecoder:
     def __init__(self, spec: FeatureSpec) -> None:
         from feast.protos.feast.types.Value_pb2 import Value
         from google.protobuf.timestamp_pb2 import Timestamp
-
-        from data_pipeline.materialize import FeastRedisEncoding
 
         self.spec = spec
         self.encoding = FeastRedisEncoding(spec.project, spec.join_key, spec.feature_view, spec.kinds,
@@ -158,18 +156,11 @@ class OnlineFeatures:
     """Asynchronous reader of one feature view's online values, with short timeouts on every call."""
 
     def __init__(self, settings: Settings, decoder: FeatureDecoder) -> None:
-        import redis.asyncio as redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
         self.decoder = decoder
         self.address = f"{settings.redis_host}:{settings.redis_port}"
         # One retry: after a Redis restart the first command on a pooled connection fails and the
         # retry reconnects, so recovery needs no restart and costs no failed request.
-        self._client = redis.Redis(
-            host=settings.redis_host, port=settings.redis_port, password=settings.redis_password or None,
-            socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-            retry=Retry(NoBackoff(), 1), health_check_interval=0)
+        self._client = async_redis_client(settings, timeout=REDIS_TIMEOUT_SECONDS, retries=1)
         self._script = self._client.register_script(_HMGET_ALL)
 
     async def read(self, driver_ids: Sequence[int], features: Sequence[str]) -> OnlineRows:

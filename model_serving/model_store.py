@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from mlops_platform import model_registry
 from mlops_platform.settings import Settings
 from model_serving.linear_form import exact_form
 
@@ -118,12 +119,6 @@ def load_version(name: str, version: str, run_id: str, served_features: Sequence
     return LoadedModel(name, str(version), run_id or "", features, pipeline, time.time(), exact)
 
 
-@dataclass(frozen=True)
-class AliasTarget:
-    version: str
-    run_id: str
-
-
 class ModelStore:
     """Holds the current champion and keeps it in step with the registry alias."""
 
@@ -153,30 +148,13 @@ class ModelStore:
     # ---- registry ------------------------------------------------------------------------------
     def _mlflow_client(self):
         if self._client is None:
-            import mlflow
-            from mlflow import MlflowClient
-
-            # MLflow's HTTP client retries for minutes by default; the refresh loop retries on its own schedule.
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
             os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-            # models:/ URIs resolve through the process-wide registry URI, so set it, not only the client's.
-            mlflow.set_tracking_uri(self.tracking_uri)
-            mlflow.set_registry_uri(self.tracking_uri)
-            self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+            self._client = model_registry.polling_client(self.tracking_uri)  # the refresh loop retries itself
         return self._client
 
-    def alias_target(self) -> AliasTarget | None:
+    def alias_target(self) -> model_registry.Champion | None:
         """The version the alias names now, or None when the model or the alias does not exist yet."""
-        from mlflow.exceptions import MlflowException
-
-        try:
-            mv = self._mlflow_client().get_model_version_by_alias(self.name, self.alias)
-        except MlflowException as exc:
-            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-                return None
-            raise
-        return AliasTarget(str(mv.version), mv.run_id or "")
+        return model_registry.find_champion(self._mlflow_client(), self.name, self.alias)
 
     def refresh(self) -> bool:
         """Load the alias's version when it differs from the current one; True when a model was swapped in."""

@@ -1,21 +1,19 @@
 """The prediction logger's Prometheus metrics: what it read, stored, refused, and how far behind it is.
 
-All names start with `prediction_logger_`. The attribute names match the stream consumer's metrics
-(data_pipeline.stream_metrics), whose consumer loop the logger reuses.
+All names start with `prediction_logger_`: the Kafka loop's own (mlops_platform.kafka_loop_metrics) and
+the logger's below.
 """
 
 from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
-from data_pipeline.stream_messages import REASON_CLASSES
-from data_pipeline.stream_metrics import KafkaLoopMetrics
+from mlops_platform.kafka_loop_metrics import KafkaLoopMetrics
+from mlops_platform.messages import REASON_CLASSES
 from model_serving.prediction_store import GROUND_TRUTH_TABLE, PREDICTIONS_TABLE
 
 PREFIX = "prediction_logger_"
 READY = PREFIX + "ready"
-CONSUMED = PREFIX + "messages_consumed_total"
-LAG = PREFIX + "lag"
 WRITE_STAGES = ("store", "dead_letter", "commit")
 TABLES = (PREDICTIONS_TABLE, GROUND_TRUTH_TABLE)
 

@@ -19,36 +19,36 @@ is not bounded to [0, 1]); `model_version` may be a string or an integer; `trip_
 true or false. Timestamps need an explicit UTC offset. Unknown fields, and unknown features, are
 ignored. The key is not checked: nothing downstream depends on how the topics are partitioned.
 
-The reason classes, the field checks and the dead-letter record are the stream pipeline's
-(data_pipeline.stream_messages), so every dead-letter topic of the platform reads the same way.
+The reason classes, the field checks and the dead-letter record are the platform's
+(mlops_platform.messages), so every dead-letter topic of the platform reads the same way.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from data_pipeline.stream_messages import (
-    MAX_DRIVER_ID,
+from mlops_platform.messages import (
+    MAX_BIGINT,
     MISSING_FIELD,
-    NOT_AN_OBJECT,
     OUT_OF_RANGE,
-    UNPARSEABLE,
     WRONG_TYPE,
+    Invalid,
     Rejection,
-    _integer,
-    _Invalid,
-    _number,
-    _short,
-    _timestamp,
+    checked,
+    finite,
     format_timestamp,
+    integer,
+    json_object,
+    rate,
+    short,
+    text,
+    timestamp,
 )
 from model_serving.prediction_store import FEATURES
 
-MAX_TEXT = 200  # request ids, model names and versions are short identifiers, not free text
 PREDICTION_FIELDS = ("request_id", "driver_id", "features", "score", "model_name", "model_version", "predicted_at")
 GROUND_TRUTH_FIELDS = ("request_id", "driver_id", "trip_completed", "observed_at")
 
@@ -114,64 +114,24 @@ def encode_ground_truth(truth: GroundTruth) -> bytes:
 # ---------------------------------------------------------------------------------------------
 # Field checks
 # ---------------------------------------------------------------------------------------------
-def _object(value: bytes | None, required: tuple[str, ...]) -> dict:
-    if value is None:
-        raise _Invalid(UNPARSEABLE, None, "expected a JSON object, got an empty message (null value)")
-    try:
-        payload = json.loads(value)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise _Invalid(UNPARSEABLE, None, f"expected JSON, got unparseable bytes ({exc})") from None
-    if not isinstance(payload, dict):
-        raise _Invalid(NOT_AN_OBJECT, None, f"expected a JSON object, got {type(payload).__name__} {_short(payload)}")
-    for name in required:
-        if payload.get(name) is None:
-            raise _Invalid(MISSING_FIELD, name, f"{name}: required, but {'null' if name in payload else 'missing'}")
-    return payload
-
-
-def _text(payload: dict, name: str, allow_int: bool = False) -> str:
-    value = payload[name]
-    if allow_int and isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    if not isinstance(value, str):
-        expected = "a string or an integer" if allow_int else "a string"
-        raise _Invalid(WRONG_TYPE, name, f"{name}: expected {expected}, got {type(value).__name__} {_short(value)}")
-    if not value.strip() or len(value) > MAX_TEXT:
-        raise _Invalid(OUT_OF_RANGE, name, f"{name}: expected 1 to {MAX_TEXT} characters, not blank, "
-                                           f"got {len(value)}: {_short(value)}")
-    if "\x00" in value:  # PostgreSQL's text cannot hold it: the insert would fail on every retry
-        raise _Invalid(OUT_OF_RANGE, name, f"{name}: expected no NUL character, got {_short(value)}")
-    return value
-
-
-def _finite(payload: dict, name: str, minimum: float = -math.inf) -> float:
-    value = payload[name]
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _Invalid(WRONG_TYPE, name, f"{name}: expected a number, got {type(value).__name__} {_short(value)}")
-    if not math.isfinite(value) or value < minimum:
-        bound = f" >= {minimum:g}" if math.isfinite(minimum) else ""
-        raise _Invalid(OUT_OF_RANGE, name, f"{name}: expected a finite number{bound}, got {_short(value)}")
-    return float(value)
-
-
 def _features(payload: dict) -> dict[str, float | None]:
     features = payload["features"]
     if not isinstance(features, dict):
-        raise _Invalid(WRONG_TYPE, "features",
-                       f"features: expected an object of {', '.join(FEATURES)}, got {type(features).__name__} "
-                       f"{_short(features)}")
+        raise Invalid(WRONG_TYPE, "features",
+                      f"features: expected an object of {', '.join(FEATURES)}, got {type(features).__name__} "
+                      f"{short(features)}")
     if not any(name in features for name in FEATURES):
-        raise _Invalid(MISSING_FIELD, "features",
-                       f"features: expected at least one of {', '.join(FEATURES)}, got keys {_short(sorted(features))}")
-    checked: dict[str, float | None] = {}
+        raise Invalid(MISSING_FIELD, "features",
+                      f"features: expected at least one of {', '.join(FEATURES)}, got keys {short(sorted(features))}")
+    found: dict[str, float | None] = {}
     for name in FEATURES:
         if features.get(name) is None:
-            checked[name] = None
+            found[name] = None
         elif name == "avg_daily_trips":
-            checked[name] = _finite(features, name, minimum=0.0)
+            found[name] = finite(features, name, minimum=0.0)
         else:
-            checked[name] = _number(features, name)  # a rate: a number in [0, 1]
-    return checked
+            found[name] = rate(features, name)
+    return found
 
 
 def _outcome(payload: dict) -> int:
@@ -179,10 +139,10 @@ def _outcome(payload: dict) -> int:
     if isinstance(value, bool):
         return int(value)
     if not isinstance(value, int):
-        raise _Invalid(WRONG_TYPE, "trip_completed",
-                       f"trip_completed: expected 0, 1, true or false, got {type(value).__name__} {_short(value)}")
+        raise Invalid(WRONG_TYPE, "trip_completed",
+                      f"trip_completed: expected 0, 1, true or false, got {type(value).__name__} {short(value)}")
     if value not in (0, 1):
-        raise _Invalid(OUT_OF_RANGE, "trip_completed", f"trip_completed: expected 0 or 1, got {value}")
+        raise Invalid(OUT_OF_RANGE, "trip_completed", f"trip_completed: expected 0 or 1, got {value}")
     return value
 
 
@@ -191,30 +151,28 @@ def _outcome(payload: dict) -> int:
 # ---------------------------------------------------------------------------------------------
 def validate_prediction(value: bytes | None, now: datetime | None = None) -> Prediction | Rejection:
     """A clean prediction, or the first contract violation found (fields are checked in a fixed order)."""
-    try:
-        payload = _object(value, PREDICTION_FIELDS)
+    def parse() -> Prediction:
+        payload = json_object(value, PREDICTION_FIELDS)
         return Prediction(
-            request_id=_text(payload, "request_id"),
-            driver_id=_integer(payload, "driver_id", 1, MAX_DRIVER_ID),
+            request_id=text(payload, "request_id"),
+            driver_id=integer(payload, "driver_id", 1, MAX_BIGINT),
             features=_features(payload),
-            score=_finite(payload, "score"),
-            model_name=_text(payload, "model_name"),
-            model_version=_text(payload, "model_version", allow_int=True),
-            predicted_at=_timestamp(payload, "predicted_at", now or datetime.now(UTC)),
+            score=finite(payload, "score"),
+            model_name=text(payload, "model_name"),
+            model_version=text(payload, "model_version", allow_int=True),
+            predicted_at=timestamp(payload, "predicted_at", now or datetime.now(UTC)),
         )
-    except _Invalid as invalid:
-        return invalid.rejection
+    return checked(parse)
 
 
 def validate_ground_truth(value: bytes | None, now: datetime | None = None) -> GroundTruth | Rejection:
     """A clean outcome, or the first contract violation found (fields are checked in a fixed order)."""
-    try:
-        payload = _object(value, GROUND_TRUTH_FIELDS)
+    def parse() -> GroundTruth:
+        payload = json_object(value, GROUND_TRUTH_FIELDS)
         return GroundTruth(
-            request_id=_text(payload, "request_id"),
-            driver_id=_integer(payload, "driver_id", 1, MAX_DRIVER_ID),
+            request_id=text(payload, "request_id"),
+            driver_id=integer(payload, "driver_id", 1, MAX_BIGINT),
             trip_completed=_outcome(payload),
-            observed_at=_timestamp(payload, "observed_at", now or datetime.now(UTC)),
+            observed_at=timestamp(payload, "observed_at", now or datetime.now(UTC)),
         )
-    except _Invalid as invalid:
-        return invalid.rejection
+    return checked(parse)

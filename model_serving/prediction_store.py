@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from data_pipeline.offline_store import connect
+from feast_repo.features import FEATURE_NAMES
+from mlops_platform.postgres import apply_ddl, insert_rows
 from mlops_platform.settings import Settings
 
 PREDICTIONS_TABLE = "prediction_log"
@@ -24,7 +25,7 @@ GROUND_TRUTH_TABLE = "ground_truth"
 LABELED_VIEW = "labeled_predictions"
 BATCH_TABLE = "batch_predictions"
 
-FEATURES = ("conv_rate", "acc_rate", "avg_daily_trips")
+FEATURES = FEATURE_NAMES
 PREDICTION_COLUMNS = ("request_id", "driver_id", "features", *FEATURES, "score", "model_name", "model_version",
                       "predicted_at")
 GROUND_TRUTH_COLUMNS = ("request_id", "driver_id", "trip_completed", "observed_at")
@@ -86,30 +87,18 @@ _INSERT_BATCH = f"insert into {BATCH_TABLE} ({', '.join(BATCH_COLUMNS)}) values 
 
 def ensure_schema(settings: Settings | None = None) -> None:
     """Create the tables and the view if missing (idempotent; serialised, since two services may race)."""
-    with connect(settings) as conn, conn.cursor() as cur:
-        cur.execute("select pg_advisory_xact_lock(hashtext('prediction_store_schema'))")
-        cur.execute(DDL)
-
-
-def _insert(cur, statement: str, rows: Sequence[tuple[Any, ...]], template: str | None = None) -> int:
-    """One INSERT for all rows; returns how many were new (rowcount of the single statement)."""
-    from psycopg2.extras import execute_values
-
-    if not rows:
-        return 0
-    execute_values(cur, statement, rows, template=template, page_size=len(rows))
-    return cur.rowcount
+    apply_ddl(settings, "prediction_store_schema", DDL)
 
 
 def insert_predictions(cur, rows: Sequence[tuple[Any, ...]]) -> int:
     """Rows in PREDICTION_COLUMNS order (`features` as a JSON string); returns how many were new."""
     template = "(" + ", ".join("%s::jsonb" if c == "features" else "%s" for c in PREDICTION_COLUMNS) + ")"
-    return _insert(cur, _INSERT_PREDICTIONS, rows, template)
+    return insert_rows(cur, _INSERT_PREDICTIONS, rows, template)
 
 
 def insert_ground_truth(cur, rows: Sequence[tuple[Any, ...]]) -> int:
     """Rows in GROUND_TRUTH_COLUMNS order; returns how many were new."""
-    return _insert(cur, _INSERT_GROUND_TRUTH, rows)
+    return insert_rows(cur, _INSERT_GROUND_TRUTH, rows)
 
 
 def replace_batch_predictions(cur, run_id: str, rows: Sequence[tuple[Any, ...]]) -> tuple[int, int]:
@@ -122,4 +111,4 @@ def replace_batch_predictions(cur, run_id: str, rows: Sequence[tuple[Any, ...]])
         raise ValueError(f"every row must belong to run {run_id!r}, found rows of {wrong[:3]}")
     cur.execute(f"delete from {BATCH_TABLE} where run_id = %s", (run_id,))
     deleted = cur.rowcount
-    return deleted, _insert(cur, _INSERT_BATCH, rows)
+    return deleted, insert_rows(cur, _INSERT_BATCH, rows)

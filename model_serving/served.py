@@ -16,9 +16,10 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
+from mlops_platform import postgres
 from mlops_platform.settings import Settings
+from model_serving.prediction_store import PREDICTIONS_TABLE
 
-PREDICTION_LOG_TABLE = "prediction_log"
 MEMORY_REQUESTS = 100_000
 MEMORY_SECONDS = 24 * 3600.0
 LOOKUP_TIMEOUT_SECONDS = 2.0
@@ -70,9 +71,9 @@ class RecentRequests:
 class PredictionLogLookup:
     """Asks PostgreSQL's prediction_log (feast database) over one lazily opened async connection."""
 
-    def __init__(self, settings: Settings, table: str = PREDICTION_LOG_TABLE) -> None:
-        self.dsn = settings.postgres_dsn(settings.feast_db)
-        self.address = f"{settings.postgres_host}:{settings.postgres_port}/{settings.feast_db}"
+    def __init__(self, settings: Settings, table: str = PREDICTIONS_TABLE) -> None:
+        self.settings = settings
+        self.address = postgres.address(settings)
         self.query = f"select 1 from {table} where request_id = %s and driver_id = %s limit 1"
         self._conn: Any = None
         self._lock = asyncio.Lock()
@@ -85,9 +86,7 @@ class PredictionLogLookup:
             try:
                 async with asyncio.timeout(LOOKUP_TIMEOUT_SECONDS * 2):
                     if self._conn is None or self._conn.closed:
-                        self._conn = await psycopg.AsyncConnection.connect(
-                            self.dsn, autocommit=True, connect_timeout=int(LOOKUP_TIMEOUT_SECONDS),
-                            options=f"-c statement_timeout={int(LOOKUP_TIMEOUT_SECONDS * 1000)}")
+                        self._conn = await postgres.connect_async(self.settings, LOOKUP_TIMEOUT_SECONDS)
                     cursor = await self._conn.execute(self.query, (request_id, driver_id))
                     return await cursor.fetchone() is not None
             except psycopg.errors.UndefinedTable:

@@ -48,7 +48,7 @@ def watched_features(reference: pd.DataFrame) -> tuple[str, ...]:
     found = [str(column) for column in reference.columns]
     if SCORE not in found:
         raise ValueError(f"expected the reference to have its features and a {SCORE!r} column, it lacks "
-                         f"['{SCORE}'] (found {found}): log it as training_pipeline.flow does")
+                         f"['{SCORE}'] (found {found}): log it as training_pipeline.final_model does")
     features = tuple(column for column in found if column != SCORE)
     unknown = [feature for feature in features if feature not in FEATURES]
     if not features or unknown:

@@ -1,39 +1,21 @@
-"""The champion and its drift reference: what training saw, logged on the run that made the version."""
+"""The champion's drift reference: what training saw, logged on the run that made the version.
+
+Which version is the champion: mlops_platform.model_registry.
+"""
 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-# training_pipeline.flow.REFERENCE_ARTIFACT; repeated so the service does not import the training stack.
+# training_pipeline.final_model.REFERENCE_ARTIFACT; repeated so the service does not import the training stack.
 REFERENCE_ARTIFACT = "reference/reference.parquet"
-
-
-@dataclass(frozen=True)
-class Champion:
-    name: str
-    version: str
-    run_id: str
 
 
 class NoReference(LookupError):
     """The champion's run has no drift reference artifact."""
-
-
-def find_champion(client, name: str, alias: str) -> Champion | None:
-    """The version the alias names, or None when the model or the alias does not exist yet."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        version = client.get_model_version_by_alias(name, alias)
-    except MlflowException as exc:
-        if getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            return None
-        raise
-    return Champion(name, str(version.version), str(version.run_id))
 
 
 def load_reference(client, run_id: str) -> pd.DataFrame:

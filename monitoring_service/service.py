@@ -9,22 +9,21 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from mlops_platform.health import require_ready, scrape_metrics
 from mlops_platform.logs import configure_logging, stop_on_signals
+from mlops_platform.model_registry import Champion, find_champion
 from mlops_platform.settings import Settings, get_settings
 from monitoring_service import trigger_store
 from monitoring_service.airflow_runs import failed_dag_runs
 from monitoring_service.drift import compute_drift
-from monitoring_service.metrics import READY, MonitoringMetrics
+from monitoring_service.metrics import MonitoringMetrics
 from monitoring_service.quality import live_quality
-from monitoring_service.reference import Champion, NoReference, ReferenceCache, find_champion
+from monitoring_service.reference import NoReference, ReferenceCache
 from monitoring_service.reports import drift_caption, report_folder, write_report
 from monitoring_service.retrain_policy import Breach, RetrainPolicy, breaches
 from monitoring_service.window import Window, read_labeled, read_predictions
@@ -125,7 +124,7 @@ class Monitor:
             clear()
 
     def _window(self, champion: Champion, window: Window, result: Evaluation) -> tuple[float | None, float | None]:
-        from data_pipeline.offline_store import connect
+        from mlops_platform.postgres import connect
 
         try:
             with connect(self.settings) as conn, conn.cursor() as cur:
@@ -241,15 +240,6 @@ class Monitor:
 
 
 # ---- the process ----------------------------------------------------------------------------
-def service_health(settings: Settings) -> str:
-    """Healthy when /metrics answers and monitoring_ready is 1; raises Unhealthy saying what was found."""
-    url = f"{settings.monitoring_service_url}/metrics"
-    values = scrape_metrics(url)
-    require_ready(values, READY, url, "monitoring service", "the first evaluation has not read the prediction "
-                  "log yet, or PostgreSQL does not answer (see the service's log)")
-    return f"ready, window has data: {values.get('monitoring_window_has_data', '?')}"
-
-
 def run_loop(monitor: Monitor, interval: float, stop: threading.Event) -> None:
     """Evaluate now and then every `interval` seconds until `stop`; a failed evaluation is logged and retried."""
     while not stop.is_set():
@@ -263,12 +253,9 @@ def run_loop(monitor: Monitor, interval: float, stop: threading.Event) -> None:
 
 
 def main() -> int:
-    # MLflow's client retries for minutes by default; the loop retries on its own schedule.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    from mlops_platform import model_registry
     from mlops_platform.airflow_client import AirflowClient
     from monitoring_service.http_server import serve
-    from training_pipeline import tracking
 
     settings = get_settings()
     configure_logging(SERVICE, settings.log_level)
@@ -284,7 +271,7 @@ def main() -> int:
                                                        "min_rows": settings.monitor_min_rows,
                                                        "sustain_min": settings.retrain_sustain_minutes,
                                                        "cooldown_min": settings.retrain_cooldown_minutes})})
-    monitor = Monitor(settings, metrics, tracking.client(settings.mlflow_tracking_uri),
+    monitor = Monitor(settings, metrics, model_registry.polling_client(settings.mlflow_tracking_uri),  # loop retries
                       AirflowClient.from_settings(settings))
     try:
         while not stop.is_set():

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from data_pipeline.offline_store import connect
+from mlops_platform.postgres import apply_ddl, connect
 from mlops_platform.settings import Settings
 
 TRIGGERS_TABLE = "retraining_triggers"
@@ -40,9 +40,7 @@ class TriggerRecord:
 
 
 def ensure_table(settings: Settings) -> None:
-    with connect(settings) as conn, conn.cursor() as cur:
-        cur.execute("select pg_advisory_xact_lock(hashtext('retraining_triggers_schema'))")
-        cur.execute(DDL)
+    apply_ddl(settings, "retraining_triggers_schema", DDL)
 
 
 def last_trigger_time(settings: Settings) -> datetime | None:

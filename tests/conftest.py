@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -75,6 +76,13 @@ def eventually(probe, timeout: float = 90.0, interval: float = 0.25, what: str =
     raise AssertionError(f"{what} not met within {timeout}s; last result: {last!r}")
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on right now, for a second instance of a service."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def secrets_on_command_lines(secrets: dict[str, str]) -> list[tuple[int, str, str]]:
     """(pid, secret's name, command line) of every process on this machine whose arguments hold a secret:
     what `ps` shows any user (and the host, for a container's processes)."""
@@ -92,9 +100,73 @@ def secrets_on_command_lines(secrets: dict[str, str]) -> list[tuple[int, str, st
 
 @pytest.fixture(scope="session")
 def settings():
+    """The settings of the platform the service tests run (TEST_ENVIRONMENT above, then .env)."""
     from mlops_platform.settings import load_settings
 
     return load_settings()
+
+
+# The secrets every settings load requires; no test's assertion depends on their values unless it passes its own.
+TEST_SECRETS = {key: "x" for key in ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "AIRFLOW_ADMIN_PASSWORD",
+                                     "AIRFLOW_FERNET_KEY", "AIRFLOW_SECRET_KEY")}
+
+
+def build_settings(home: Path | str | None = None, **env: str):
+    """Settings from these values alone: the secrets, local mode, `home` as PLATFORM_HOME, `env` on top.
+
+    Neither this process's environment nor `.env` is read, so a unit test sees the same settings on every
+    machine; without `home`, PLATFORM_HOME is .env.example's default (for settings no test writes through).
+    """
+    from mlops_platform.settings import load_settings
+
+    values = {**TEST_SECRETS, "PLATFORM_MODE": "local", **({"PLATFORM_HOME": str(home)} if home else {}), **env}
+    return load_settings(values, REPO_ROOT / "tests" / "no-such.env")
+
+
+@pytest.fixture
+def make_settings(tmp_path):
+    """`make_settings(**env)`: the unit tests' settings, with PLATFORM_HOME in the test's own tmp_path."""
+
+    def make(**env: str):
+        return build_settings(tmp_path, **env)
+
+    return make
+
+
+TEST_EXPERIMENT = "tests"  # the experiment of temporary_mlflow, with its artifacts in the temporary folder
+
+
+@pytest.fixture(scope="session")
+def temporary_mlflow(tmp_path_factory):
+    """A real MLflow tracking store and model registry without a server: SQLite and artifacts in a temporary
+    folder. Returns an MlflowClient on it; each test registers models under names of its own."""
+    from mlflow import MlflowClient
+
+    folder = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_experiment(TEST_EXPERIMENT, artifact_location=(folder / "artifacts").as_uri())
+    return client
+
+
+def register_version(client, name: str, artifacts: dict[str, Path] | None = None, alias: str | None = None) -> str:
+    """A new version of registered model `name` (created if missing), made by a run holding `artifacts`
+    (artifact folder -> local file); `alias` is moved to it when given. Returns the version number."""
+    from mlflow.exceptions import MlflowException
+
+    run = client.create_run(client.get_experiment_by_name(TEST_EXPERIMENT).experiment_id)
+    for artifact_folder, path in (artifacts or {}).items():
+        client.log_artifact(run.info.run_id, str(path), artifact_folder)
+    client.set_terminated(run.info.run_id)
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    version = client.create_model_version(name, f"{run.info.artifact_uri}/model", run_id=run.info.run_id).version
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
+    return str(version)
 
 
 def airflow_dags_test(settings, dag_id: str, logical_date: str | None = None, conf: dict | None = None,

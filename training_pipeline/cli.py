@@ -16,38 +16,23 @@ import sys
 import uuid
 from datetime import UTC, datetime
 
-from training_pipeline.config import MODES, RETRIEVALS, TrainingConfig
+from training_pipeline.config import help_text, kind, options
+
+ARGUMENT_TYPES = {"integer": int, "number": float}
 
 
 def parser() -> argparse.ArgumentParser:
-    defaults = TrainingConfig(tracking_uri="")
+    """One flag per option of TrainingConfig (its help, type and choices come from the field), and --run-name."""
     p = argparse.ArgumentParser(prog="python -m training_pipeline", description=__doc__.split("\n\n")[0])
-    p.add_argument("--alpha", type=float, help=f"ElasticNet penalty strength (default {defaults.alpha})")
-    p.add_argument("--l1-ratio", type=float, help=f"0 = ridge .. 1 = lasso (default {defaults.l1_ratio})")
-    p.add_argument("--folds", type=int, help=f"cross-validation folds, >= 2 (default {defaults.folds})")
-    p.add_argument("--mode", choices=MODES, help="development: seed 42; production: a seed from the clock")
-    p.add_argument("--rmse-threshold", type=float,
-                   help=f"register only below this mean CV RMSE (default {defaults.rmse_threshold})")
-    p.add_argument("--promotion-margin", type=float,
-                   help=f"holdout ROC AUC gain needed to replace the champion (default {defaults.promotion_margin})")
-    p.add_argument("--replace-unservable-champion", action="store_const", const=True,
-                   help="promote without a comparison when the champion needs features the service no longer serves "
-                        "(default: skip the comparison and keep the champion)")
-    p.add_argument("--holdout-share", type=float,
-                   help=f"most recent share of labels kept for the comparison (default {defaults.holdout_share})")
-    p.add_argument("--label-start", help="first label time, ISO (default: label-end minus --label-days)")
-    p.add_argument("--label-end", help="label times before this, ISO (default: now)")
-    p.add_argument("--label-days", type=int,
-                   help=f"window length without --label-start (default {defaults.label_days})")
-    p.add_argument("--min-rows", type=int, help=f"fewest labels to train on (default {defaults.min_rows})")
-    p.add_argument("--max-unmatched-share", type=float,
-                   help=f"most labels allowed without features (default {defaults.max_unmatched_share})")
-    p.add_argument("--features", help="comma-separated subset of the feature service (default: all of it)")
-    p.add_argument("--feature-service", help=f"Feast feature service (default {defaults.feature_service})")
-    p.add_argument("--model-name", help=f"registered model (default {defaults.model_name})")
-    p.add_argument("--experiment", help=f"MLflow experiment (default {defaults.experiment})")
-    p.add_argument("--tracking-uri", help="MLflow server (default: from the platform settings)")
-    p.add_argument("--retrieval", choices=RETRIEVALS, help="point-in-time join: fast (default) or feast")
+    for field in options():
+        if not field.metadata["cli"]:
+            continue
+        flag, kind_of = "--" + field.name.replace("_", "-"), kind(field)
+        if kind_of == "flag":
+            p.add_argument(flag, action="store_const", const=True, help=help_text(field))
+        else:
+            p.add_argument(flag, type=ARGUMENT_TYPES.get(kind_of), choices=field.metadata["choices"] or None,
+                           help=help_text(field))
     p.add_argument("--run-name", help="parent MLflow run name (default: cli__<UTC time>__<random>)")
     return p
 
@@ -58,10 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlops_platform.logs import configure_logging
+    from mlops_platform.model_registry import TrackingUnavailable
     from mlops_platform.settings import get_settings
     from training_pipeline import flow
     from training_pipeline.config import ConfigError
-    from training_pipeline.tracking import TrackingUnavailable
 
     args = vars(parser().parse_args(argv))
     run_name = args.pop("run_name") or f"cli__{datetime.now(UTC):%Y-%m-%dT%H:%M:%S}Z__{uuid.uuid4().hex[:6]}"

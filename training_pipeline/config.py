@@ -1,17 +1,21 @@
-"""A training run's configuration: defaults, overrides (DAG params or CLI flags) and validation.
+"""A training run's configuration: declared once, with each option's help, type and bounds in its field.
 
-Everything is checked before data is read or an MLflow run is opened, and every problem is reported
-at once, each saying what was expected, what was found and what to do.
+The CLI flags (training_pipeline/cli.py), the DAG's Params (airflow/dags/training.py) and the params
+logged to MLflow are generated from the fields of TrainingConfig. Overrides (DAG params or CLI flags)
+are checked before data is read or an MLflow run is opened, and every problem is reported at once,
+each saying what was expected, what was found and what to do.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from feast_repo.features import FEATURE_SERVICE
 
 MODES = ("development", "production")
 RETRIEVALS = ("fast", "feast")
@@ -23,38 +27,89 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class Bounds:
+    """The allowed range of a number: its check's message and its JSON-schema keywords come from here."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # `>` instead of `>=`
+    high_open: bool = False  # `<` instead of `<=`
+    why: str = ""  # what the bound means, said in the error
+
+    def problem(self, name: str, value: float) -> str | None:
+        below = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        above = self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        if not (below or above):
+            return None
+        return f"{name} must be {self.describe()}{f' ({self.why})' if self.why else ''}, got {value}"
+
+    def describe(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low}"
+        if not (self.low_open or self.high_open):
+            return f"between {self.low} and {self.high}"
+        return f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+
+    def schema(self) -> dict[str, float]:
+        keywords = {}
+        if self.low is not None:
+            keywords["exclusiveMinimum" if self.low_open else "minimum"] = self.low
+        if self.high is not None:
+            keywords["exclusiveMaximum" if self.high_open else "maximum"] = self.high
+        return keywords
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", *, bounds: Bounds | None = None,
+           choices: tuple[str, ...] = (), not_empty: bool = False, cli: bool = True, dag_param: bool = True,
+           logged: bool = True) -> Any:
+    """A configuration field: its default and everything the CLI, the DAG and MLflow derive from it.
+
+    cli: a `--flag` of `python -m training_pipeline`; dag_param: a Param of the `training` DAG (any
+    field can still be passed in --conf); logged: an MLflow param of the parent run.
+    """
+    metadata = {"help": help, "bounds": bounds, "choices": choices, "not_empty": not_empty, "cli": cli,
+                "dag_param": dag_param, "logged": logged}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
-    tracking_uri: str
-    experiment: str = "driver_trip_completion"
-    model_name: str = "driver_trip_completion"
-    feature_service: str = "driver_trip_completion"
-    # Empty: every feature of the service, in the service's order.
-    features: tuple[str, ...] = ()
-    alpha: float = 0.01
-    l1_ratio: float = 0.5
-    folds: int = 5
-    # Register only when the mean CV RMSE is below this. A constant prediction scores the label's
-    # standard deviation (about 0.47 on the generated data); a useful model scores about 0.44.
-    rmse_threshold: float = 0.46
-    # The challenger's holdout ROC AUC must beat the champion's by at least this much.
-    promotion_margin: float = 0.002
+    tracking_uri: str = option(help="MLflow server (default: from the platform settings)", dag_param=False,
+                               logged=False)
+    experiment: str = option("driver_trip_completion", "MLflow experiment", not_empty=True, dag_param=False,
+                             logged=False)
+    model_name: str = option("driver_trip_completion", "registered model", not_empty=True)
+    feature_service: str = option(FEATURE_SERVICE, "Feast feature service", not_empty=True,
+                                  dag_param=False)
+    features: tuple[str, ...] = option((), "comma-separated subset of the feature service (default: all of it)")
+    alpha: float = option(0.01, "ElasticNet penalty strength", bounds=Bounds(0, why="the ElasticNet penalty strength"))
+    l1_ratio: float = option(0.5, "0 = ridge .. 1 = lasso", bounds=Bounds(0, 1, why="0 = ridge, 1 = lasso"))
+    folds: int = option(5, "cross-validation folds, >= 2", bounds=Bounds(2, why="one part to train on, one to test"))
+    # A constant prediction scores the label's standard deviation (about 0.47 on the generated data); a
+    # useful model scores about 0.44.
+    rmse_threshold: float = option(0.46, "register only below this mean CV RMSE", bounds=Bounds(0, low_open=True))
+    promotion_margin: float = option(0.002, "holdout ROC AUC gain needed to replace the champion",
+                                     bounds=Bounds(0, why="ROC AUC points"))
     # A champion needing a feature the feature service no longer serves cannot be compared (nor served).
-    # False: the comparison is skipped and the champion kept; True: the challenger replaces it.
-    replace_unservable_champion: bool = False
-    # The most recent share of labels, by time, kept out of CV and the final fit for the comparison.
-    holdout_share: float = 0.2
-    label_start: datetime | None = None
-    label_end: datetime | None = None  # None: the moment the run starts
-    label_days: int = 30  # window length when label_start is not given
-    min_rows: int = 1000
-    # Labels whose driver had no stats within the feature view's TTL are dropped; more than this
-    # share of them means the offline store is missing data, and the run fails.
-    max_unmatched_share: float = 0.05
-    mode: str = "development"
+    replace_unservable_champion: bool = option(
+        False, "promote without a comparison when the champion needs features the service no longer serves "
+               "(default: skip the comparison and keep the champion)", logged=False)
+    holdout_share: float = option(0.2, "most recent share of labels, by time, kept out of CV and the final fit "
+                                       "for the comparison", bounds=Bounds(0, 0.5, low_open=True))
+    label_start: datetime | None = option(None, "first label time, ISO (default: label_end minus label_days)")
+    label_end: datetime | None = option(None, "label times before this, ISO (default: when the run starts)")
+    label_days: int = option(30, "window length without label_start", bounds=Bounds(1), logged=False)
+    min_rows: int = option(1000, "fewest labels to train on", bounds=Bounds(1))
+    # Labels whose driver had no stats within the feature view's TTL are dropped; more than this share of
+    # them means the offline store is missing data, and the run fails.
+    max_unmatched_share: float = option(0.05, "most labels allowed without features",
+                                        bounds=Bounds(0, 1, high_open=True), dag_param=False)
+    mode: str = option("development", "development: seed 42; production: a seed from the clock", choices=MODES)
     # "fast": the point-in-time join in one PostgreSQL query, checked against Feast on a sample;
     # "feast": Feast's get_historical_features for every label (minutes for a million labels).
-    retrieval: str = "fast"
-    feast_check_rows: int = 500
+    retrieval: str = option("fast", "point-in-time join: fast (one PostgreSQL query) or feast", choices=RETRIEVALS)
+    feast_check_rows: int = option(500, "labels of a fast retrieval checked against Feast", bounds=Bounds(0),
+                                   cli=False, dag_param=False, logged=False)
 
     def window(self, now: datetime | None = None) -> tuple[datetime, datetime]:
         """The label window [start, end) in UTC."""
@@ -74,8 +129,62 @@ class TrainingConfig:
     def from_dict(cls, values: Mapping[str, Any]) -> TrainingConfig:
         return build_config(values, values["tracking_uri"])
 
+    def logged_params(self, **resolved: Any) -> dict[str, Any]:
+        """The MLflow params of a run: every logged option, with the values the run resolved in their place
+        (the label window, the features) and what the run adds (seed, commit)."""
+        return {**{f.name: getattr(self, f.name) for f in options() if f.metadata["logged"]}, **resolved}
+
 
 OVERRIDABLE = tuple(f.name for f in dataclasses.fields(TrainingConfig))
+DEFAULTS = TrainingConfig(tracking_uri="")
+
+
+def options() -> Iterator[dataclasses.Field]:
+    return iter(dataclasses.fields(TrainingConfig))
+
+
+def kind(field: dataclasses.Field) -> str:
+    """How an option is read and shown: flag, integer, number, names, timestamp, choice or text."""
+    default = getattr(DEFAULTS, field.name)
+    if field.metadata["choices"]:
+        return "choice"
+    if isinstance(default, bool):  # before int: a bool is an int
+        return "flag"
+    if isinstance(default, int):
+        return "integer"
+    if isinstance(default, float):
+        return "number"
+    if isinstance(default, tuple):
+        return "names"
+    return "timestamp" if default is None else "text"
+
+
+def help_text(field: dataclasses.Field) -> str:
+    """The option's help, with its default unless the help already says what the default is."""
+    text, default = field.metadata["help"], getattr(DEFAULTS, field.name)
+    return text if "default" in text or default in (None, "") else f"{text} (default {default})"
+
+
+SCHEMA_TYPES = {"flag": "boolean", "integer": "integer", "number": "number", "names": "array",
+                "timestamp": ["null", "string"], "text": "string"}
+
+
+def param_schemas() -> dict[str, dict[str, Any]]:
+    """name -> the JSON schema of the DAG's Param (default, type or enum, bounds, description)."""
+    schemas = {}
+    for field in options():
+        if not field.metadata["dag_param"]:
+            continue
+        kind_of = kind(field)
+        default = getattr(DEFAULTS, field.name)
+        schema: dict[str, Any] = {"default": list(default) if kind_of == "names" else default,
+                                  "description": help_text(field)}
+        if kind_of == "choice":
+            schema["enum"] = list(field.metadata["choices"])
+        else:
+            schema["type"] = SCHEMA_TYPES[kind_of]
+        schemas[field.name] = {**schema, **(field.metadata["bounds"].schema() if field.metadata["bounds"] else {})}
+    return schemas
 
 
 def _utc(value: datetime) -> datetime:
@@ -124,18 +233,29 @@ def _timestamp(name: str, raw: Any, problems: list[str]) -> datetime | None:
         return None
 
 
-def _features(raw: Any, problems: list[str]) -> tuple[str, ...]:
+def _features(name: str, raw: Any, problems: list[str]) -> tuple[str, ...]:
     if raw in (None, ""):
         return ()
     if isinstance(raw, str):
         raw = raw.split(",")
     if not isinstance(raw, list | tuple) or not all(isinstance(f, str) for f in raw):
-        problems.append(f"features must be a list of feature names, got {raw!r}")
+        problems.append(f"{name} must be a list of feature names, got {raw!r}")
         return ()
     names = tuple(f.strip() for f in raw if f.strip())
     if len(set(names)) != len(names):
-        problems.append(f"features must not repeat a name, got {list(names)}")
+        problems.append(f"{name} must not repeat a name, got {list(names)}")
     return names
+
+
+PARSERS = {
+    "flag": _flag,
+    "integer": lambda name, raw, problems: _number(name, raw, problems, int),
+    "number": _number,
+    "names": _features,
+    "timestamp": _timestamp,
+    "choice": lambda name, raw, problems: str(raw),
+    "text": lambda name, raw, problems: str(raw),
+}
 
 
 def build_config(overrides: Mapping[str, Any], tracking_uri: str) -> TrainingConfig:
@@ -145,26 +265,13 @@ def build_config(overrides: Mapping[str, Any], tracking_uri: str) -> TrainingCon
     if unknown:
         problems.append(f"unknown configuration keys {unknown}; known keys: {', '.join(OVERRIDABLE)}")
     values: dict[str, Any] = {"tracking_uri": overrides.get("tracking_uri") or tracking_uri}
-    defaults = TrainingConfig(tracking_uri=tracking_uri)
-    for key in OVERRIDABLE:
+    for field in options():
+        key = field.name
         if key not in overrides or key == "tracking_uri" or overrides[key] is None:
             continue
-        raw = overrides[key]
-        default = getattr(defaults, key)
-        if key == "features":
-            values[key] = _features(raw, problems)
-        elif key in ("label_start", "label_end"):
-            values[key] = _timestamp(key, raw, problems)
-        elif isinstance(default, bool):  # before int: a bool is an int
-            values[key] = _flag(key, raw, problems)
-        elif isinstance(default, int):
-            values[key] = _number(key, raw, problems, int)
-        elif isinstance(default, float):
-            values[key] = _number(key, raw, problems, float)
-        else:
-            values[key] = str(raw)
+        values[key] = PARSERS[kind(field)](key, overrides[key], problems)
     values = {k: v for k, v in values.items() if v is not None}
-    config = dataclasses.replace(defaults, **values)
+    config = dataclasses.replace(DEFAULTS, **values)
     problems += check(config)
     if problems:
         raise ConfigError("invalid training configuration:\n  - " + "\n  - ".join(problems))
@@ -174,38 +281,19 @@ def build_config(overrides: Mapping[str, Any], tracking_uri: str) -> TrainingCon
 def check(config: TrainingConfig) -> list[str]:
     """Every range problem of a configuration, as messages (empty when valid)."""
     problems = []
-    if config.folds < 2:
-        problems.append(f"folds must be >= 2 (one part to train on, one to test), got {config.folds}")
-    if config.alpha < 0:
-        problems.append(f"alpha must be >= 0 (the ElasticNet penalty strength), got {config.alpha}")
-    if not 0.0 <= config.l1_ratio <= 1.0:
-        problems.append(f"l1_ratio must be between 0 and 1 (0 = ridge, 1 = lasso), got {config.l1_ratio}")
-    if config.rmse_threshold <= 0:
-        problems.append(f"rmse_threshold must be > 0, got {config.rmse_threshold}")
-    if config.promotion_margin < 0:
-        problems.append(f"promotion_margin must be >= 0 (ROC AUC points), got {config.promotion_margin}")
-    if not 0.0 < config.holdout_share <= 0.5:
-        problems.append(f"holdout_share must be in (0, 0.5], got {config.holdout_share}")
-    if config.min_rows < 1:
-        problems.append(f"min_rows must be >= 1, got {config.min_rows}")
-    if not 0.0 <= config.max_unmatched_share < 1.0:
-        problems.append(f"max_unmatched_share must be in [0, 1), got {config.max_unmatched_share}")
-    if config.label_days < 1:
-        problems.append(f"label_days must be >= 1, got {config.label_days}")
-    if config.mode not in MODES:
-        problems.append(f"mode must be one of {', '.join(MODES)}, got {config.mode!r}")
-    if config.retrieval not in RETRIEVALS:
-        problems.append(f"retrieval must be one of {', '.join(RETRIEVALS)}, got {config.retrieval!r}")
-    if config.feast_check_rows < 0:
-        problems.append(f"feast_check_rows must be >= 0, got {config.feast_check_rows}")
+    for field in options():
+        value, bounds, choices = getattr(config, field.name), field.metadata["bounds"], field.metadata["choices"]
+        if bounds and (problem := bounds.problem(field.name, value)):
+            problems.append(problem)
+        if choices and value not in choices:
+            problems.append(f"{field.name} must be one of {', '.join(choices)}, got {value!r}")
+        if field.metadata["not_empty"] and not value.strip():
+            problems.append(f"{field.name} must not be empty")
     if config.label_start and config.label_end and config.label_start >= config.label_end:
         problems.append(f"label_start must be before label_end, got {config.label_start.isoformat()} >= "
                         f"{config.label_end.isoformat()}")
     if not config.tracking_uri.startswith(("http://", "https://")):
         problems.append(f"tracking_uri must be an http(s) URL of the MLflow server, got {config.tracking_uri!r}")
-    for name in ("experiment", "model_name", "feature_service"):
-        if not getattr(config, name).strip():
-            problems.append(f"{name} must not be empty")
     return problems
 
 

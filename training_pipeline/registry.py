@@ -211,26 +211,16 @@ class ChampionModel:
         return score(self.model, frame)
 
 
-def champion_version(name: str = DEFAULT_MODEL_NAME, tracking_uri: str | None = None):
-    """The ModelVersion holding alias `champion`, or None when no model has been promoted yet."""
-    from training_pipeline.tracking import client
-
-    mlflow_client = client(tracking_uri or _default_uri())
-    version = aliases(mlflow_client, name).get(CHAMPION)
-    return mlflow_client.get_model_version(name, version) if version else None
-
-
 def load_champion(name: str = DEFAULT_MODEL_NAME, tracking_uri: str | None = None) -> ChampionModel:
-    """Load `models:/<name>@champion`; raises LookupError when there is no champion yet."""
+    """Load the version alias `champion` names on `name`; NoChampion (a LookupError) when there is none yet."""
     import mlflow.pyfunc
 
-    version = champion_version(name, tracking_uri)
-    if version is None:
-        raise LookupError(f"registered model {name!r} has no '{CHAMPION}' alias yet: run the training DAG "
-                          "(`airflow dags trigger training`) or `python -m training_pipeline` first")
+    from mlops_platform import model_registry
+
+    champion = model_registry.champion(model_registry.client(tracking_uri or _default_uri()), name, CHAMPION)
     # By version, not alias: the alias may move between the lookup and the load.
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
-    return ChampionModel(name, str(version.version), version.run_id, input_columns(model), model)
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{champion.version}")
+    return ChampionModel(name, champion.version, champion.run_id, input_columns(model), model)
 
 
 def _default_uri() -> str:

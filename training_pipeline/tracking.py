@@ -1,7 +1,7 @@
 """MLflow bookkeeping through explicit run ids, so steps in separate processes share one parent run.
 
 No step relies on MLflow's "active run" except to log the model (which needs one): each opens the
-run it needs by id and closes it again.
+run it needs by id and closes it again. The client and the server check: mlops_platform.model_registry.
 """
 
 from __future__ import annotations
@@ -9,47 +9,12 @@ from __future__ import annotations
 import math
 import os
 import subprocess
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
 from mlops_platform.settings import REPO_ROOT
 
-HEALTH_TIMEOUT_SECONDS = 3.0
 PARENT_TAG = "mlflow.parentRunId"
-
-
-class TrackingUnavailable(RuntimeError):
-    """The MLflow tracking server does not answer."""
-
-
-def check_server(tracking_uri: str, timeout: float = HEALTH_TIMEOUT_SECONDS) -> None:
-    """GET <uri>/health with a short timeout: fail in seconds, not after MLflow's minutes of retries."""
-    url = f"{tracking_uri.rstrip('/')}/health"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            status = response.status
-    except urllib.error.HTTPError as exc:
-        status = exc.code
-    except (urllib.error.URLError, OSError) as exc:
-        raise TrackingUnavailable(
-            f"MLflow tracking server {tracking_uri} does not answer {url} within {timeout:.0f}s "
-            f"({getattr(exc, 'reason', exc)}): start it with `bash run.sh mlflow up`, or point "
-            "MLFLOW_HOST/MLFLOW_PORT (or tracking_uri) at a running server") from None
-    if status != 200:
-        raise TrackingUnavailable(f"MLflow tracking server {tracking_uri} answered {url} with HTTP {status}, "
-                                  "expected 200: see `bash run.sh mlflow logs`")
-
-
-def client(tracking_uri: str):
-    """An MlflowClient on the server, and the fluent API (log_model, load_model) pointed at it too."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
 def experiment_id(mlflow_client, name: str) -> str:

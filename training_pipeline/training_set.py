@@ -29,11 +29,13 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
-from data_pipeline.offline_store import ORDERS_TABLE, connect
+from data_pipeline.offline_store import ORDERS_TABLE
+from feast_repo.features import JOIN_KEY
+from mlops_platform.postgres import connect
 from mlops_platform.settings import Settings
 
 LABEL = "trip_completed"
-ENTITY = "driver_id"
+ENTITY = JOIN_KEY
 TIMESTAMP = "event_timestamp"
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,8 @@ with DAG(
     def score_active_drivers(data_interval_end=None, run_id=None, dag_run=None) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from model_serving.batch import NoChampion, run_batch
+        from mlops_platform.model_registry import NoChampion
+        from model_serving.batch import run_batch
 
         # A run triggered without a logical date (the UI's and the REST API's default) has no data
         # interval: it scores as of the moment it was triggered, the same moment on every retry.

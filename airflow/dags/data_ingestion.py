@@ -59,7 +59,7 @@ with DAG(
     def check_every_file_loaded(stats: dict, orders: dict) -> None:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from data_pipeline.ingest import not_loaded_message
+        from data_pipeline.ingest_report import not_loaded_message
 
         message = not_loaded_message([stats, orders])
         if message:

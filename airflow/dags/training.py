@@ -4,8 +4,9 @@ Weekly, on the 30 days of labels before the run (params override any value):
 
     airflow dags trigger training --conf '{"alpha": 0.1, "folds": 3}'
 
-The steps live in training_pipeline.flow; `python -m training_pipeline` runs the same ones without
-Airflow. The folds and the final fit run in parallel once the training set is saved.
+The steps live in training_pipeline.flow, final_model and promotion; `python -m training_pipeline` runs
+the same ones without Airflow. The params are generated from training_pipeline.config.TrainingConfig.
+The folds and the final fit run in parallel once the training set is saved.
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ from datetime import timedelta
 from airflow.sdk import DAG, Param, task
 from airflow.timetables.trigger import CronTriggerTimetable
 
-from training_pipeline.config import MODES, RETRIEVALS, TrainingConfig
+from training_pipeline.config import param_schemas
 
-DEFAULTS = TrainingConfig(tracking_uri="")
 WEEKLY = "0 3 * * 1"
 
 with DAG(
@@ -31,26 +31,8 @@ with DAG(
     catchup=False,
     max_active_runs=1,  # aliases move one run at a time
     default_args={"retries": 1, "retry_delay": timedelta(seconds=30)},
-    params={
-        "alpha": Param(DEFAULTS.alpha, type="number", minimum=0, description="ElasticNet penalty strength"),
-        "l1_ratio": Param(DEFAULTS.l1_ratio, type="number", minimum=0, maximum=1, description="0 ridge .. 1 lasso"),
-        "folds": Param(DEFAULTS.folds, type="integer", minimum=2, description="cross-validation folds"),
-        "mode": Param(DEFAULTS.mode, enum=list(MODES), description="development: seed 42; production: clock seed"),
-        "rmse_threshold": Param(DEFAULTS.rmse_threshold, type="number", description="register below this CV RMSE"),
-        "promotion_margin": Param(DEFAULTS.promotion_margin, type="number", minimum=0,
-                                  description="holdout ROC AUC gain needed to replace the champion"),
-        "replace_unservable_champion": Param(
-            DEFAULTS.replace_unservable_champion, type="boolean",
-            description="promote without a comparison when the champion needs features no longer served"),
-        "holdout_share": Param(DEFAULTS.holdout_share, type="number", description="latest labels kept for comparison"),
-        "label_start": Param(None, type=["null", "string"], description="ISO; default label_end - label_days"),
-        "label_end": Param(None, type=["null", "string"], description="ISO; default: when the run starts"),
-        "label_days": Param(DEFAULTS.label_days, type="integer", minimum=1),
-        "min_rows": Param(DEFAULTS.min_rows, type="integer", minimum=1),
-        "features": Param([], type="array", description="subset of the feature service; empty: all of it"),
-        "model_name": Param(DEFAULTS.model_name, type="string"),
-        "retrieval": Param(DEFAULTS.retrieval, enum=list(RETRIEVALS)),
-    },
+    # One Param per option of TrainingConfig marked dag_param: default, type or enum, bounds, description.
+    params={name: Param(**schema) for name, schema in param_schemas().items()},
     tags=["training", "mlflow"],
     doc_md=__doc__,
 ):
@@ -84,9 +66,9 @@ with DAG(
 
     @task
     def fit_final_model(context: dict) -> dict:
-        from training_pipeline import flow
+        from training_pipeline import final_model
 
-        return flow.fit_final_model(context)
+        return final_model.fit_final_model(context)
 
     @task
     def aggregate(context: dict, fold_results: list[dict]) -> dict:
@@ -96,9 +78,9 @@ with DAG(
 
     @task
     def register_and_promote(context: dict, summary: dict, final: dict) -> dict:
-        from training_pipeline import flow
+        from training_pipeline import promotion
 
-        return flow.register_and_promote(context, summary, final)
+        return promotion.register_and_promote(context, summary, final)
 
     context = start()
     folds = prepare_training_set(context)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from websockets.sync.client import connect
 
+from tests.conftest import eventually
+
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -74,14 +76,12 @@ class Browser:
         return result.get("result", {}).get("value")
 
     def wait_for(self, expression: str, timeout: float = 60, what: str = "the page") -> object:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def shown() -> object:
             value = self.evaluate(expression)
-            if value:
-                return value
-            time.sleep(0.5)
-        raise AssertionError(f"{what}: `{expression}` stayed false for {timeout:.0f}s; "
-                             f"page text: {self.text()[:500]!r}")
+            assert value, f"`{expression}` is still false; page text: {self.text()[:500]!r}"
+            return value
+
+        return eventually(shown, timeout, interval=0.5, what=what)
 
     def type_into(self, selector: str, text: str) -> None:
         """Focus the field and type, as a keyboard would (React sees real input events)."""

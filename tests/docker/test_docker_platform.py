@@ -37,7 +37,7 @@ def get_json(url: str, token: str | None = None, body: dict | None = None,
 
 
 def compose_ps() -> dict[str, dict]:
-    from mlops_platform.docker_mode import container_states
+    from mlops_platform.compose_project import container_states
 
     return container_states()
 

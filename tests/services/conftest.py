@@ -2,6 +2,9 @@
 
 import pytest
 
+# The serving tests' running API and what it serves (module-scoped: each module gets its own).
+from tests.services.serving_api import api, online_rows, registry, store  # noqa: F401
+
 
 def pytest_collection_modifyitems(items):
     for item in items:
@@ -23,3 +26,21 @@ def monitored_champion(monitored_drivers, settings):
     from tests.services.monitored_traffic import served_champion
 
     yield from served_champion(monitored_drivers, settings)
+
+
+@pytest.fixture(scope="module")
+def offline_store(feast_up):
+    """The offline store's tables, and the training tests' rows (tests/services/training_data.py) removed after."""
+    from data_pipeline.offline_store import ensure_schema
+    from tests.services.training_data import ID_RANGE, delete_drivers
+
+    ensure_schema()
+    yield
+    delete_drivers(*ID_RANGE)
+
+
+@pytest.fixture(scope="module")
+def mlflow_client(mlflow_up, settings):
+    from mlops_platform import model_registry
+
+    return model_registry.client(settings.mlflow_tracking_uri)

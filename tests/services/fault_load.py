@@ -23,8 +23,10 @@ from datetime import UTC, datetime
 
 import httpx
 
-from data_pipeline.offline_store import STATS_TABLE, connect
-from data_pipeline.stream_messages import format_timestamp, message_key
+from data_pipeline.offline_store import STATS_TABLE
+from data_pipeline.stream_messages import message_key
+from mlops_platform.messages import format_timestamp
+from mlops_platform.postgres import connect
 from model_serving.prediction_store import GROUND_TRUTH_TABLE, PREDICTIONS_TABLE
 
 REQUEST_TIMEOUT_SECONDS = 30.0

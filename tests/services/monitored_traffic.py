@@ -1,9 +1,9 @@
 """Traffic the monitoring stack can watch: drivers in the stores, a champion with a drift reference, bookings.
 
-Drivers 9,400,000.. get normal stats (monitoring_service.scenario) in the offline and online stores; a small
+Drivers 9,400,000.. get normal stats (simulation.drift_scenario) in the offline and online stores; a small
 pipeline fitted on them is registered as the configured model's champion, with them and its scores as
 drift reference, and the API is waited for until it serves that version. Bookings go through the real
-API (model_serving.traffic): predictions, then outcomes as feedback, which the prediction logger joins.
+API (simulation.traffic): predictions, then outcomes as feedback, which the prediction logger joins.
 The fixtures wrapping these (tests/services/conftest.py) are module-scoped: each module gets its own
 champion version, so its windows hold only its own predictions.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import tempfile
-import time
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,9 +21,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data_pipeline.offline_store import STATS_TABLE, connect
-from model_serving.traffic import TrafficConfig, run_traffic
-from monitoring_service.scenario import normal_stats, outcome_features, write_driver_stats
+from data_pipeline.offline_store import STATS_TABLE
+from feast_repo.features import FEATURE_NAMES
+from mlops_platform.postgres import connect
+from simulation.drift_scenario import normal_stats, outcome_features, write_driver_stats
+from simulation.traffic import TrafficConfig, run_traffic
+from tests.conftest import eventually
 
 FIRST_ID = 9_400_000
 DRIVERS = 120
@@ -36,21 +38,6 @@ def metrics(url: str) -> dict[str, float]:
     with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
         lines = response.read().decode().splitlines()
     return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines if line and line[0] != "#"}
-
-
-def wait_for(condition, timeout: float, what: str, poll: float = 1.0):
-    """The first truthy value of `condition()`, polled; connection errors count as not yet."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = condition()
-        except OSError as exc:
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(poll)
-    raise AssertionError(f"{what} within {timeout:.0f}s; last seen: {last!r}")
 
 
 def post(url: str, body: dict) -> dict:
@@ -76,25 +63,23 @@ def served_champion(drivers: pd.DataFrame, settings) -> Iterator[dict]:
     registered and aliased as the served champion; the previous champion is restored afterwards."""
     import mlflow
     import mlflow.sklearn
-    from mlflow.exceptions import MlflowException
     from mlflow.models import infer_signature
     from sklearn.linear_model import Ridge
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from data_pipeline.generate import completion_logit
+    from mlops_platform import model_registry
+    from simulation.generate import completion_logit
     from training_pipeline import tracking
 
-    x = drivers[["conv_rate", "acc_rate", "avg_daily_trips"]].astype(np.float64)
+    x = drivers[list(FEATURE_NAMES)].astype(np.float64)
     y = 1 / (1 + np.exp(-completion_logit(x["conv_rate"], x["acc_rate"], x["avg_daily_trips"])))
     pipeline = Pipeline([("scale", StandardScaler()), ("ridge", Ridge(alpha=0.1))]).fit(x, y)
     reference = x.assign(score=pipeline.predict(x))
 
-    client = tracking.client(settings.mlflow_tracking_uri)
-    try:
-        previous = client.get_model_version_by_alias(settings.model_name, settings.model_alias).version
-    except MlflowException:
-        previous = None
+    client = model_registry.client(settings.mlflow_tracking_uri)
+    champion = model_registry.find_champion(client, settings.model_name, settings.model_alias)
+    previous = champion.version if champion else None
     # An explicit experiment, not mlflow.set_experiment: that would leak into later tests of the session.
     experiment = tracking.experiment_id(client, "monitoring-test")
     with mlflow.start_run(experiment_id=experiment), tempfile.TemporaryDirectory() as folder:
@@ -105,9 +90,9 @@ def served_champion(drivers: pd.DataFrame, settings) -> Iterator[dict]:
         mlflow.log_artifact(str(path), "reference")
     version = str(info.registered_model_version)
     client.set_registered_model_alias(settings.model_name, settings.model_alias, version)
-    wait_for(lambda: post(f"{settings.serving_url}/predict", {"request_id": f"monitoring-probe-{version}",
-                                                              "driver_ids": [FIRST_ID]})["model"]["version"] == version,
-             60, f"the API serving version {version}")
+    probe = {"request_id": f"monitoring-probe-{version}", "driver_ids": [FIRST_ID]}
+    eventually(lambda: post(f"{settings.serving_url}/predict", probe)["model"]["version"] == version,
+               60, what=f"the API serving version {version}")
     yield {"version": version, "pipeline": pipeline}
     if previous is not None:
         client.set_registered_model_alias(settings.model_name, settings.model_alias, previous)
@@ -133,6 +118,6 @@ def book_and_wait_for_the_outcomes(settings, stats: pd.DataFrame, version: str, 
     """Bookings, returned once the prediction logger has stored every outcome they sent."""
     before = labeled_count(settings, version)
     summary = book(settings, stats, drifted=drifted, requests=requests, seed=seed)
-    wait_for(lambda: labeled_count(settings, version) >= before + summary["feedback_sent"], 60,
-             "every outcome stored by the prediction logger")
+    eventually(lambda: labeled_count(settings, version) >= before + summary["feedback_sent"], 60,
+               what="every outcome stored by the prediction logger")
     return summary

@@ -11,7 +11,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -23,16 +22,10 @@ import pytest
 from mlops_platform import airflow_client
 from mlops_platform.airflow_client import AirflowClient
 from mlops_platform.services import airflow_env, merged_env
-from tests.conftest import REPO_ROOT, eventually
+from tests.conftest import REPO_ROOT, eventually, free_port
 
 LIFETIME_SECONDS = 30
 PROBE = "/api/v2/dags?limit=1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def status_with(settings, token: str) -> int:

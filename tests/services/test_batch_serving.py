@@ -20,10 +20,14 @@ import pandas as pd
 import pyarrow.parquet as parquet
 import pytest
 
-from data_pipeline.offline_store import STATS_TABLE, connect, ensure_schema
+from data_pipeline.offline_store import STATS_TABLE, ensure_schema
+from feast_repo.features import FEATURE_NAMES
+from mlops_platform import model_registry
+from mlops_platform.model_registry import NoChampion
+from mlops_platform.postgres import connect
 from mlops_platform.services import merged_env
 from model_serving import prediction_store
-from model_serving.batch import NoChampion, export_path, load_champion_model
+from model_serving.batch import export_path, load_champion_model
 from model_serving.prediction_store import BATCH_TABLE
 from tests.conftest import REPO_ROOT, airflow_dags_test
 from training_pipeline import tracking
@@ -32,7 +36,7 @@ AT = datetime(2024, 9, 15, tzinfo=UTC)  # the run's timestamp: the end of its da
 LOGICAL_DATE = AT.isoformat()  # `dags test` with this date runs the interval [AT - 1 day, AT)
 FIRST_ID = 9_100_000
 SOURCE = "test-batch-serving"
-FEATURES = ["conv_rate", "acc_rate", "avg_daily_trips"]
+FEATURES = list(FEATURE_NAMES)
 TTL = timedelta(days=2)
 
 
@@ -96,7 +100,7 @@ def champion(mlflow_up, settings):
     pipeline = Pipeline([("scale", StandardScaler()), ("ridge", Ridge(alpha=0.1))]).fit(x, y)
 
     name = f"batch-serving-test-{uuid.uuid4().hex[:8]}"
-    client = tracking.client(settings.mlflow_tracking_uri)
+    client = model_registry.client(settings.mlflow_tracking_uri)
     # An explicit experiment, not mlflow.set_experiment: that would leak into later tests of the session.
     with mlflow.start_run(experiment_id=tracking.experiment_id(client, "batch-serving-test")):
         info = mlflow.sklearn.log_model(pipeline, name="model", registered_model_name=name,

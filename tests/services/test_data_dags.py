@@ -6,9 +6,12 @@ from datetime import date
 
 import pytest
 
-from data_pipeline.generate import generate
-from data_pipeline.materialize import delete_online_rows, feature_store
-from data_pipeline.offline_store import connect, ensure_schema
+from data_pipeline.materialize import delete_online_rows
+from data_pipeline.offline_store import ensure_schema
+from feast_repo.features import FEATURE_SERVICE
+from mlops_platform.feature_store import feature_store
+from mlops_platform.postgres import connect
+from simulation.generate import generate
 from tests.conftest import airflow_dags_test
 
 DAY = date(2025, 2, 9)
@@ -69,7 +72,7 @@ def test_materialization_dag_puts_the_latest_loaded_row_of_each_driver_online(se
     assert len(expected) == 12
     store = feature_store(settings)
     online = store.get_online_features(
-        features=store.get_feature_service("driver_trip_completion"),
+        features=store.get_feature_service(FEATURE_SERVICE),
         entity_rows=[{"driver_id": d} for d in expected]).to_dict()
     for i, driver in enumerate(online["driver_id"]):
         conv, acc, trips = expected[driver]

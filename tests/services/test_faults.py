@@ -15,6 +15,7 @@ healthy, events sent, delivered and lost). Run alone with `bash run.sh test faul
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -24,8 +25,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from data_pipeline.offline_store import STATS_TABLE, connect
+from data_pipeline.offline_store import STATS_TABLE
 from mlops_platform import health, local
+from mlops_platform.postgres import connect
 from model_serving.prediction_store import GROUND_TRUTH_TABLE, PREDICTIONS_TABLE
 from tests.conftest import eventually
 from tests.services.fault_load import STREAM_FIRST_DRIVER, OpenLoopLoad, p99, stored
@@ -135,15 +137,12 @@ def test_a_fault_under_load_is_survived_without_a_human_and_loses_nothing(servic
 
 def delivery_gaps(settings, run: str, sent) -> dict[str, int]:
     """How many acknowledged events of each kind PostgreSQL lacks, once they stop arriving (or time is up)."""
-    deadline = time.monotonic() + DELIVERY_TIMEOUT_SECONDS
-    while True:
-        try:
-            arrived = stored(settings, run, sent)
-        except Exception:  # PostgreSQL itself may still be recovering
-            time.sleep(1.0)
-            continue
-        lost = {"predictions": len(sent.predictions - arrived.predictions),
+    def lost() -> dict[str, int]:
+        arrived = stored(settings, run, sent)
+        return {"predictions": len(sent.predictions - arrived.predictions),
                 "labels": len(sent.feedback - arrived.feedback), "stream": len(sent.stream - arrived.stream)}
-        if not any(lost.values()) or time.monotonic() > deadline:
-            return lost
-        time.sleep(1.0)
+
+    with contextlib.suppress(AssertionError):  # errors count as not yet: PostgreSQL itself may still be recovering
+        eventually(lambda: not any(lost().values()), DELIVERY_TIMEOUT_SECONDS, interval=1.0,
+                   what="every acknowledged event stored")
+    return lost()

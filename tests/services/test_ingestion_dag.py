@@ -8,8 +8,9 @@ import subprocess
 import sys
 from datetime import date
 
-from data_pipeline.generate import generate
-from data_pipeline.offline_store import connect, ensure_schema
+from data_pipeline.offline_store import ensure_schema
+from mlops_platform.postgres import connect
+from simulation.generate import generate
 from tests.conftest import REPO_ROOT
 
 DAY = date(2025, 3, 9)

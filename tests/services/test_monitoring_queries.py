@@ -9,15 +9,15 @@ an expression selects must have series, and every dashboard panel must show some
 
 from __future__ import annotations
 
+import contextlib
 import json
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
 import pytest
 
-from tests.conftest import stack_up
+from tests.conftest import eventually, stack_up
 from tests.monitoring_config import (
     EXTERNAL_METRICS,
     dashboard_expressions,
@@ -25,7 +25,7 @@ from tests.monitoring_config import (
     metric_names_in_promql,
     rule_expressions,
 )
-from tests.services.monitored_traffic import book_and_wait_for_the_outcomes, wait_for
+from tests.services.monitored_traffic import book_and_wait_for_the_outcomes
 
 # Series an empty answer is right for on a healthy local platform.
 NO_DATA_EXPECTED = {
@@ -93,14 +93,16 @@ def test_prometheus_loaded_every_alert_rule(prometheus) -> None:
 
 def test_local_prometheus_scrapes_every_job_but_the_docker_only_ones(prometheus) -> None:
     wanted = {"prometheus", "serving", "stream-consumer", "prediction-logger", "monitoring", "mlflow"}
-    deadline = time.monotonic() + 30  # the scrape manager picks up its targets a few seconds after start
-    while True:
+
+    def every_job_scraped() -> list[dict]:
         targets = get_json(f"{prometheus}/api/v1/targets")["data"]["activeTargets"]
         jobs = {target["labels"]["job"] for target in targets}
-        if wanted <= jobs or time.monotonic() > deadline:
-            break
-        time.sleep(1)
-    assert wanted <= jobs, f"jobs scraped: {sorted(jobs)}"
+        assert wanted <= jobs, f"jobs scraped: {sorted(jobs)}"
+        return targets
+
+    # the scrape manager picks up its targets a few seconds after start
+    targets = eventually(every_job_scraped, 30, interval=1, what=f"Prometheus scraping {sorted(wanted)}")
+    jobs = {target["labels"]["job"] for target in targets}
     assert "node" not in jobs, "node-exporter runs only in docker mode"
     own = [t for t in targets if t["labels"]["job"] == "prometheus"]
     assert own and all(t["scrapeUrl"].startswith("http://127.0.0.1:") for t in targets)
@@ -115,7 +117,7 @@ def result(base_url: str, expr: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def traffic(prometheus, monitored_champion, monitored_drivers, settings) -> dict:
     """Bookings, stream messages and an evaluation, each seen by Prometheus."""
-    from data_pipeline.stream_producer import produce, synthetic_rows
+    from simulation.stream_producer import produce, synthetic_rows
 
     version = monitored_champion["version"]
     book_and_wait_for_the_outcomes(settings, monitored_drivers, version, drifted=False, requests=80, seed=3)
@@ -127,7 +129,7 @@ def traffic(prometheus, monitored_champion, monitored_drivers, settings) -> dict
                  "driver_stats_consumer_dlq_sends_total > 0", "driver_stats_consumer_freshness_seconds_count > 0",
                  f'serving_model_version == {version}', "serving_score_count > 0",
                  "prediction_logger_rows_stored_total > 0"):
-        wait_for(lambda expr=expr: result(prometheus, expr), 120, f"Prometheus to see {expr}", poll=2)
+        eventually(lambda expr=expr: result(prometheus, expr), 120, interval=2, what=f"Prometheus to see {expr}")
     return {"version": version}
 
 
@@ -148,10 +150,9 @@ def panels_without_data(prometheus: str) -> list[str]:
 def settled(check, prometheus: str, timeout: float = 90) -> list[str]:
     """What `check` still finds after up to `timeout` seconds: a series born with the traffic needs two
     scrapes before rate() over it has a value."""
-    deadline = time.monotonic() + timeout
-    while (found := check(prometheus)) and time.monotonic() < deadline:
-        time.sleep(3)
-    return found
+    with contextlib.suppress(AssertionError):
+        eventually(lambda: not check(prometheus), timeout, interval=3, what="nothing left to find")
+    return check(prometheus)
 
 
 def test_every_metric_of_every_dashboard_and_alert_has_series(traffic, prometheus) -> None:

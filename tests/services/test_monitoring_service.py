@@ -3,7 +3,7 @@
 A champion of our own (tests/services/monitored_traffic.py) is trained on, and has as drift reference,
 the stats of drivers that the fixtures write into the stores. Undrifted bookings through the API must
 give a low drift share and a live RMSE equal to one computed by hand from `labeled_predictions`, and
-fire no drift alert; drifted bookings (monitoring_service.scenario's shifted stats and outcomes) must
+fire no drift alert; drifted bookings (simulation.drift_scenario's shifted stats and outcomes) must
 raise the drift share, fire DataDriftDetected, and start exactly one `training` run per cool-down,
 also across a restart.
 
@@ -36,11 +36,13 @@ import numpy as np
 import pytest
 import yaml
 
-from data_pipeline.offline_store import STATS_TABLE, connect
+from data_pipeline.offline_store import STATS_TABLE
+from feast_repo.features import FEATURE_NAMES
 from mlops_platform.airflow_client import AirflowClient
-from monitoring_service.scenario import drifted_stats, write_driver_stats
+from mlops_platform.postgres import connect
 from monitoring_service.trigger_store import TRIGGERS_TABLE
-from tests.conftest import REPO_ROOT, run_sh
+from simulation.drift_scenario import drifted_stats, write_driver_stats
+from tests.conftest import REPO_ROOT, eventually, run_sh
 from tests.monitoring_config import RULES_DIR
 from tests.services.monitored_traffic import (
     FIRST_ID,
@@ -49,7 +51,6 @@ from tests.services.monitored_traffic import (
     book_and_wait_for_the_outcomes,
     metrics,
     post,
-    wait_for,
 )
 
 PORT_OFFSET = 50  # the second service and Prometheus listen on the platform's ports + this
@@ -74,7 +75,7 @@ def second_service(monitored_champion, settings):
         process = subprocess.Popen([sys.executable, "-m", "monitoring_service"], env=env, cwd=REPO_ROOT,
                                    stdout=log, stderr=subprocess.STDOUT)
         processes.append(process)
-        wait_for(lambda: metrics(url).get("monitoring_ready") == 1.0, 90, f"the second service ready at {url}")
+        eventually(lambda: metrics(url).get("monitoring_ready") == 1.0, 90, what=f"the second service ready at {url}")
         return process
 
     start()
@@ -87,8 +88,8 @@ def second_service(monitored_champion, settings):
 
 def evaluated_after(url: str, moment: float) -> dict[str, float]:
     """The metrics once an evaluation that began after `moment` (unix time) has finished."""
-    return wait_for(lambda: (m := metrics(url)).get("monitoring_last_evaluation_timestamp_seconds", 0) > moment and m,
-                    30, "an evaluation after the traffic")
+    return eventually(lambda: (m := metrics(url)).get("monitoring_last_evaluation_timestamp_seconds", 0) > moment and m,
+                      30, what="an evaluation after the traffic")
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +118,8 @@ def alerting_prometheus(second_service, settings, tmp_path_factory) -> str:
                                     f"--storage.tsdb.path={folder / 'data'}",
                                     f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_for(lambda: prometheus_query(url, 'up{job="monitoring"} == 1'), 60,
-                 f"the second Prometheus at {url} scraping {target} (log: {folder / 'prometheus.log'})")
+        eventually(lambda: prometheus_query(url, 'up{job="monitoring"} == 1'), 60,
+                   what=f"the second Prometheus at {url} scraping {target} (log: {folder / 'prometheus.log'})")
         yield url
     finally:
         process.terminate()
@@ -156,7 +157,7 @@ def test_undrifted_traffic_gives_a_low_drift_share_and_the_hand_computed_live_rm
     version = monitored_champion["version"]
     assert undrifted["monitoring_window_has_data"] == 1.0
     assert undrifted[f'monitoring_drift_share{{model_version="{version}"}}'] < settings.drift_share_threshold
-    for feature in ("conv_rate", "acc_rate", "avg_daily_trips", "score"):
+    for feature in (*FEATURE_NAMES, "score"):
         assert f'monitoring_feature_drift_score{{feature="{feature}",model_version="{version}"}}' in undrifted
     with connect(settings) as conn, conn.cursor() as cur:
         cur.execute("select score, trip_completed from labeled_predictions where model_name = %s and "
@@ -189,9 +190,9 @@ def test_undrifted_traffic_fires_no_drift_alert(undrifted, alerting_prometheus, 
     version = monitored_champion["version"]
     since = time.time()
     # Five scrapes of the undrifted window: more than the 2 s `for` needs to fire a true expression.
-    wait_for(lambda: scrapes_since(alerting_prometheus, since) >= 5
-             and prometheus_query(alerting_prometheus, "monitoring_window_has_data == 1"), 60,
-             "five scrapes of an evaluated window")
+    eventually(lambda: scrapes_since(alerting_prometheus, since) >= 5
+               and prometheus_query(alerting_prometheus, "monitoring_window_has_data == 1"), 60,
+               what="five scrapes of an evaluated window")
     assert alerts(alerting_prometheus, "DataDriftDetected", version) == []
 
 
@@ -221,8 +222,8 @@ def test_the_trigger_starts_exactly_one_training_run_per_cooldown_even_across_a_
         drifted, second_service, monitored_champion, settings):
     client = AirflowClient.from_settings(settings)
     url = second_service["url"]
-    wait_for(lambda: metrics(url).get('monitoring_retraining_triggered_total{reason="drift"}') == 1.0, 30,
-             "one drift-triggered retraining")
+    eventually(lambda: metrics(url).get('monitoring_retraining_triggered_total{reason="drift"}') == 1.0, 30,
+               what="one drift-triggered retraining")
     try:
         runs = training_runs_since(client, drifted["started"] - 5)
         assert len(runs) == 1, runs
@@ -249,8 +250,9 @@ def test_the_trigger_starts_exactly_one_training_run_per_cooldown_even_across_a_
 
 def test_drifted_traffic_fires_the_drift_alert(drifted, alerting_prometheus, monitored_champion):
     version = monitored_champion["version"]
-    firing = wait_for(lambda: [a for a in alerts(alerting_prometheus, "DataDriftDetected", version)
-                               if a["state"] == "firing"], 60, "DataDriftDetected firing for the drifted version")
+    firing = eventually(lambda: [a for a in alerts(alerting_prometheus, "DataDriftDetected", version)
+                                 if a["state"] == "firing"], 60,
+                        what="DataDriftDetected firing for the drifted version")
     assert float(firing[0]["value"]) >= 0.5, firing
 
 
@@ -258,14 +260,14 @@ def test_the_platforms_prometheus_holds_the_drift_alert_pending(drifted, monitor
     """The platform's own Prometheus, rules and monitoring service (evaluating every few seconds in the
     test platform): DataDriftDetected's `for: 15m` is too long to wait, so it must be pending (or firing)."""
     version = monitored_champion["version"]
-    wait_for(lambda: [a for a in alerts(settings.prometheus_url, "DataDriftDetected", version)
-                      if a["state"] in ("pending", "firing")], 150,
-             "DataDriftDetected pending for the drifted version", poll=5)
+    eventually(lambda: [a for a in alerts(settings.prometheus_url, "DataDriftDetected", version)
+                        if a["state"] in ("pending", "firing")], 150,
+               what="DataDriftDetected pending for the drifted version", interval=5)
 
 
 def test_the_scenario_verb_books_drifted_trips_that_reach_the_prediction_log(drifted, monitored_champion, settings):
-    from monitoring_service.scenario import SCENARIO_FIRST_ID
-    from monitoring_service.scenario import SOURCE as SCENARIO_SOURCE
+    from simulation.drift_scenario import SCENARIO_FIRST_ID
+    from simulation.drift_scenario import SOURCE as SCENARIO_SOURCE
 
     drivers = 20
     try:
@@ -282,7 +284,7 @@ def test_the_scenario_verb_books_drifted_trips_that_reach_the_prediction_log(dri
                             (SCENARIO_FIRST_ID, SCENARIO_FIRST_ID + drivers - 1))
                 return cur.fetchall()
 
-        rows = wait_for(logged, 60, "the scenario's predictions in the prediction log")
+        rows = eventually(logged, 60, what="the scenario's predictions in the prediction log")
         assert all(conv >= 0.9 and version == monitored_champion["version"] for conv, version in rows), rows[:5]
     finally:
         with connect(settings) as conn, conn.cursor() as cur:
@@ -306,14 +308,15 @@ def subset_champion(monitored_champion, monitored_drivers, settings):
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from data_pipeline.generate import completion_logit
+    from mlops_platform import model_registry
+    from simulation.generate import completion_logit
     from training_pipeline import tracking
 
-    stats = monitored_drivers.astype({name: np.float64 for name in ("conv_rate", "acc_rate", "avg_daily_trips")})
+    stats = monitored_drivers.astype({name: np.float64 for name in FEATURE_NAMES})
     y = 1 / (1 + np.exp(-completion_logit(stats["conv_rate"], stats["acc_rate"], stats["avg_daily_trips"])))
     x = stats[SUBSET]
     pipeline = Pipeline([("scale", StandardScaler()), ("ridge", Ridge(alpha=0.1))]).fit(x, y)
-    client = tracking.client(settings.mlflow_tracking_uri)
+    client = model_registry.client(settings.mlflow_tracking_uri)
     with mlflow.start_run(experiment_id=tracking.experiment_id(client, "monitoring-test")), \
             tempfile.TemporaryDirectory() as folder:
         info = mlflow.sklearn.log_model(pipeline, name="model", registered_model_name=settings.model_name,
@@ -324,9 +327,9 @@ def subset_champion(monitored_champion, monitored_drivers, settings):
     version = str(info.registered_model_version)
     client.set_registered_model_alias(settings.model_name, settings.model_alias, version)
     try:
-        wait_for(lambda: post(f"{settings.serving_url}/predict", {"request_id": f"subset-probe-{version}",
-                                                                  "driver_ids": [FIRST_ID]})["model"]["version"]
-                 == version, 60, f"the API serving version {version}")
+        eventually(lambda: post(f"{settings.serving_url}/predict", {"request_id": f"subset-probe-{version}",
+                                                                    "driver_ids": [FIRST_ID]})["model"]["version"]
+                   == version, 60, what=f"the API serving version {version}")
         yield version
     finally:
         client.set_registered_model_alias(settings.model_name, settings.model_alias, monitored_champion["version"])
@@ -343,8 +346,8 @@ def test_a_champion_on_a_subset_of_the_features_has_its_drift_watched_on_them(su
     book(settings, shifted, drifted=True, requests=60, seed=3)
 
     share = f'monitoring_drift_share{{model_version="{version}"}}'
-    gauges = wait_for(lambda: (m := metrics(url)).get(share) is not None and m, 90,
-                      f"the platform's monitoring service publishing {share}")
+    gauges = eventually(lambda: (m := metrics(url)).get(share) is not None and m, 90,
+                        what=f"the platform's monitoring service publishing {share}")
     assert gauges[share] == 1.0, gauges[share]
     labelled = [name for name in gauges if f'model_version="{version}"' in name]
     watched = sorted(name for name in labelled if name.startswith("monitoring_drift_watched_feature{"))
@@ -354,8 +357,8 @@ def test_a_champion_on_a_subset_of_the_features_has_its_drift_watched_on_them(su
     assert scored == ["avg_daily_trips", "score"]
     assert gauges['monitoring_evaluation_errors_total{step="drift"}'] == errors
     caption = f"version {version}: drift of its features avg_daily_trips and of its score"
-    wait_for(lambda: caption in newest_report(url) and "Not watched: conv_rate, acc_rate" in newest_report(url), 30,
-             f"the newest report saying {caption!r}")
-    wait_for(lambda: [a for a in alerts(settings.prometheus_url, "DataDriftDetected", version)
-                      if a["state"] in ("pending", "firing")], 150,
-             "DataDriftDetected pending for the subset champion", poll=5)
+    eventually(lambda: caption in newest_report(url) and "Not watched: conv_rate, acc_rate" in newest_report(url),
+               30, interval=1, what=f"the newest report saying {caption!r}")
+    eventually(lambda: [a for a in alerts(settings.prometheus_url, "DataDriftDetected", version)
+                        if a["state"] in ("pending", "firing")], 150,
+               what="DataDriftDetected pending for the subset champion", interval=5)

@@ -19,10 +19,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from mlops_platform import local
-from mlops_platform.health import Unhealthy
+from mlops_platform import local, local_service
+from mlops_platform.health import CHECKS, Unhealthy
 from mlops_platform.services import BY_NAME, log_file
-from model_serving.prediction_logger import GROUP_ID, logger_health
+from model_serving.prediction_logger import GROUP_ID
 from model_serving.prediction_messages import (
     GroundTruth,
     Prediction,
@@ -32,6 +32,7 @@ from model_serving.prediction_messages import (
 )
 from model_serving.prediction_store import GROUND_TRUTH_TABLE, LABELED_VIEW, PREDICTIONS_TABLE
 from tests.conftest import REPO_ROOT, eventually, stack_up
+from tests.services.dead_letters import dead_letters, end_offset
 
 SERVICE = "prediction-logger"
 API_IN_TREE = (REPO_ROOT / "model_serving" / "api.py").is_file()
@@ -42,8 +43,8 @@ def start_logger(settings) -> None:
     if API_IN_TREE:
         stack_up("serving")  # `up` starts only what is not running
     else:
-        local.start(BY_NAME[SERVICE], settings)
-    eventually(lambda: logger_health(settings), timeout=120, what="prediction logger healthy")
+        local_service.start(BY_NAME[SERVICE], settings)
+    eventually(lambda: CHECKS[SERVICE](settings), timeout=120, what="prediction logger healthy")
 
 
 @pytest.fixture(scope="module")
@@ -127,37 +128,6 @@ def rows(settings, table: str, request_ids: list[str]) -> list[tuple]:
         conn.close()
 
 
-def dlq_end(settings, topic: str) -> int:
-    from kafka import KafkaConsumer, TopicPartition
-
-    client = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers)
-    try:
-        tp = TopicPartition(dlq_topic(topic), 0)
-        return client.end_offsets([tp])[tp]
-    finally:
-        client.close()
-
-
-def dead_letters(settings, topic: str, since: int, keys: set[str]) -> list[dict]:
-    from kafka import KafkaConsumer, TopicPartition
-
-    client = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False)
-    try:
-        tp = TopicPartition(dlq_topic(topic), 0)
-        client.assign([tp])
-        client.seek(tp, since)
-        end = client.end_offsets([tp])[tp]
-        found = []
-        while client.position(tp) < end:
-            for record in client.poll(timeout_ms=1000).get(tp, []):
-                entry = json.loads(record.value)
-                if entry["key"] in keys:
-                    found.append(entry)
-        return found
-    finally:
-        client.close()
-
-
 def metric(settings, name: str, **labels: str) -> float:
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -175,7 +145,7 @@ def fresh_ids(count: int) -> tuple[list[str], list[int]]:
 # Tests
 # ---------------------------------------------------------------------------------------------
 def test_logger_is_healthy_and_serves_its_metrics(logger, settings):
-    assert logger_health(settings).startswith("ready")
+    assert CHECKS[SERVICE](settings).startswith("ready")
     body = urllib.request.urlopen(f"{settings.prediction_logger_url}/metrics", timeout=5).read().decode()
     for name in ("messages_consumed_total", "rows_stored_total", "messages_rejected_total", "dlq_sends_total",
                  "duplicates_total", "batch_write_seconds_bucket", "lag{", "ready 1.0"):
@@ -184,7 +154,7 @@ def test_logger_is_healthy_and_serves_its_metrics(logger, settings):
 
 def test_health_check_names_what_is_wrong(settings):
     with pytest.raises(Unhealthy, match="does not answer"):
-        logger_health(replace(settings, prediction_logger_port=1))
+        CHECKS[SERVICE](replace(settings, prediction_logger_port=1))
 
 
 def test_predictions_and_outcomes_are_stored_and_joined(logger, settings):
@@ -270,14 +240,15 @@ def test_invalid_messages_go_to_the_dead_letter_topics_with_their_reason(logger,
         request_ids[5]: json.dumps({"request_id": request_ids[5], "driver_id": "seven", "trip_completed": 1,
                                     "observed_at": datetime.now(UTC).isoformat()}).encode(),
     }
-    since = {topic: dlq_end(settings, topic) for topic in (settings.predictions_topic, settings.ground_truth_topic)}
+    since = {topic: end_offset(settings, dlq_topic(topic))
+             for topic in (settings.predictions_topic, settings.ground_truth_topic)}
 
     sent_p = send(settings, settings.predictions_topic, [(k.encode(), v) for k, v in bad_predictions.items()])
     sent_g = send(settings, settings.ground_truth_topic, [(k.encode(), v) for k, v in bad_outcomes.items()])
     eventually(lambda: committed(settings, settings.predictions_topic, sent_p)
                and committed(settings, settings.ground_truth_topic, sent_g), timeout=60, what="invalid ones committed")
 
-    letters = dead_letters(settings, settings.predictions_topic, since[settings.predictions_topic],
+    letters = dead_letters(settings, dlq_topic(settings.predictions_topic), since[settings.predictions_topic],
                            set(bad_predictions))
     classes = {entry["key"]: entry["reason_class"] for entry in letters}
     assert classes == {request_ids[0]: "unparseable_json", request_ids[1]: "missing_field",
@@ -285,7 +256,7 @@ def test_invalid_messages_go_to_the_dead_letter_topics_with_their_reason(logger,
     for entry in letters:
         assert entry["reason"] and entry["topic"] == settings.predictions_topic
         assert entry["payload"] == bad_predictions[entry["key"]].decode()
-    outcome_letters = dead_letters(settings, settings.ground_truth_topic, since[settings.ground_truth_topic],
+    outcome_letters = dead_letters(settings, dlq_topic(settings.ground_truth_topic), since[settings.ground_truth_topic],
                                    set(bad_outcomes))
     assert {e["key"]: e["reason_class"] for e in outcome_letters} == {request_ids[4]: "out_of_range",
                                                                        request_ids[5]: "wrong_type"}

@@ -15,22 +15,31 @@ import random
 import signal
 import subprocess
 import sys
-import threading
-import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from data_pipeline import stream_messages as sm
-from data_pipeline.offline_store import STATS_TABLE
-from data_pipeline.stream_consumer import GROUP_ID, consumer_health
-from data_pipeline.stream_producer import INVALID_KINDS, invalid_payload
 from mlops_platform import local
-from mlops_platform.health import Unhealthy
+from mlops_platform.health import CHECKS, Unhealthy
 from mlops_platform.services import BY_NAME, log_file, merged_env
+from simulation.stream_producer import INVALID_KINDS, invalid_payload
 from tests.conftest import REPO_ROOT, eventually, run_sh
+from tests.services.dead_letters import dead_letters, end_offset
+from tests.services.driver_stats_stream import (
+    Sent,
+    Stream,
+    all_committed,
+    committed_offsets,
+    expected_offline,
+    offline_rows,
+    online_values,
+    send,
+    stats,
+    valid_item,
+    wait_until_stored,
+)
 
 SERVICE = "stream-consumer"
 TEST_LOG = "stream-consumer-test"
@@ -65,7 +74,7 @@ class ConsumerUnderTest:
             run_sh("kafka", "up")
         elif self.pid() is None:
             self.process = spawn_consumer(self.settings, [sys.executable, "-m", "data_pipeline.stream_consumer"])
-        eventually(lambda: consumer_health(self.settings), timeout=120, what="stream consumer healthy")
+        eventually(lambda: CHECKS[SERVICE](self.settings), timeout=120, what="stream consumer healthy")
 
     def signal(self, signum: int) -> int:
         pid = self.pid()
@@ -102,178 +111,9 @@ def consumer(kafka_up, settings):
 
 @pytest.fixture(scope="module")
 def store(feast_up, settings):
-    from data_pipeline.stream_writers import feature_store
+    from mlops_platform.feature_store import feature_store
 
     return feature_store(settings)
-
-
-# ---------------------------------------------------------------------------------------------
-# Producing, and reading back the stores and the dead-letter topic
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class Sent:
-    valid: list[sm.DriverStats] = field(default_factory=list)
-    positions: list[tuple[int, int]] = field(default_factory=list)  # (partition, offset) of each valid message
-    offsets: dict[int, int] = field(default_factory=dict)  # partition -> highest offset written
-
-    def newest(self) -> dict[int, sm.DriverStats]:
-        newest: dict[int, sm.DriverStats] = {}
-        for message in self.valid:
-            if message.driver_id not in newest or message.event_timestamp > newest[message.driver_id].event_timestamp:
-                newest[message.driver_id] = message
-        return newest
-
-
-def stats(driver_id: int, event_timestamp: datetime, rng: random.Random) -> sm.DriverStats:
-    # Values on a 1/1024 grid survive Feast's float32 and PostgreSQL's real exactly.
-    return sm.DriverStats(driver_id=driver_id, event_timestamp=event_timestamp, created=event_timestamp,
-                          conv_rate=rng.randrange(1025) / 1024, acc_rate=rng.randrange(1025) / 1024,
-                          avg_daily_trips=rng.randrange(60), produced_at=datetime.now(UTC))
-
-
-def producer(settings):
-    from kafka import KafkaProducer
-
-    return KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", linger_ms=5)
-
-
-def send(settings, items: list[tuple[bytes, bytes, sm.DriverStats | None]], rate: float | None = None,
-         sent: Sent | None = None) -> Sent:
-    """Send (key, payload, record-if-valid) items, paced at `rate` per second if given; records what arrived."""
-    sent = sent or Sent()
-    client = producer(settings)
-    futures = []
-    start = time.perf_counter()
-    for i, (key, payload, record) in enumerate(items):
-        if rate:
-            time.sleep(max(0.0, start + i / rate - time.perf_counter()))
-        futures.append((client.send(settings.driver_stats_topic, value=payload, key=key), record))
-    client.flush(timeout=30)
-    client.close()
-    for future, record in futures:
-        metadata = future.get(timeout=10)
-        sent.offsets[metadata.partition] = max(sent.offsets.get(metadata.partition, -1), metadata.offset)
-        if record is not None:
-            sent.valid.append(record)
-            sent.positions.append((metadata.partition, metadata.offset))
-    return sent
-
-
-def valid_item(record: sm.DriverStats) -> tuple[bytes, bytes, sm.DriverStats]:
-    return sm.message_key(record.driver_id), sm.encode(record), record
-
-
-def offline_rows(settings, driver_ids: list[int]) -> dict[tuple[int, datetime], tuple]:
-    import psycopg2
-
-    conn = psycopg2.connect(settings.postgres_dsn(settings.feast_db))
-    try:
-        with conn.cursor() as cur:
-            # real -> float8 gives the exact float32 value back (its text form is only the shortest one)
-            cur.execute(f"select driver_id, event_timestamp, conv_rate::float8, acc_rate::float8, avg_daily_trips, "
-                        f"source from {STATS_TABLE} where driver_id = any(%s)", (driver_ids,))
-            return {(row[0], row[1]): row[2:] for row in cur.fetchall()}
-    finally:
-        conn.close()
-
-
-def online_values(store, driver_ids: list[int]) -> dict[int, tuple]:
-    features = store.get_online_features(features=store.get_feature_service("driver_trip_completion"),
-                                         entity_rows=[{"driver_id": i} for i in driver_ids]).to_dict()
-    return {driver_id: (conv, acc, trips) for driver_id, conv, acc, trips in
-            zip(features["driver_id"], features["conv_rate"], features["acc_rate"], features["avg_daily_trips"],
-                strict=True)}
-
-
-def expected_online(sent: Sent) -> dict[int, tuple]:
-    return {d: (m.conv_rate, m.acc_rate, m.avg_daily_trips) for d, m in sent.newest().items()}
-
-
-def expected_offline(sent: Sent) -> dict[tuple[int, datetime], tuple]:
-    return {(m.driver_id, m.event_timestamp): (m.conv_rate, m.acc_rate, m.avg_daily_trips, "stream:driver_stats")
-            for m in sent.valid}
-
-
-def wait_until_stored(settings, store, sent: Sent, timeout: float = 120.0) -> None:
-    """Every valid message is an offline row, and each driver's newest values are online."""
-    ids = sorted({m.driver_id for m in sent.valid})
-    want_offline = expected_offline(sent)
-    eventually(lambda: len(offline_rows(settings, ids)) >= len(want_offline), timeout=timeout,
-               what=f"{len(want_offline)} offline rows")
-    assert offline_rows(settings, ids) == want_offline
-    want_online = expected_online(sent)
-    eventually(lambda: online_values(store, ids) == want_online, timeout=30, what="newest values online")
-
-
-def dlq_end(settings) -> int:
-    from kafka import KafkaConsumer, TopicPartition
-
-    client = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers)
-    try:
-        tp = TopicPartition(settings.driver_stats_dlq_topic, 0)
-        return client.end_offsets([tp])[tp]
-    finally:
-        client.close()
-
-
-def dead_letters(settings, since: int, keys: set[str]) -> list[dict]:
-    """Dead-letter records from offset `since` whose key is one of `keys`."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    client = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False)
-    try:
-        tp = TopicPartition(settings.driver_stats_dlq_topic, 0)
-        client.assign([tp])
-        client.seek(tp, since)
-        end = client.end_offsets([tp])[tp]
-        found = []
-        while client.position(tp) < end:
-            for record in client.poll(timeout_ms=1000).get(tp, []):
-                entry = json.loads(record.value)
-                if entry["key"] in keys:
-                    found.append(entry)
-        return found
-    finally:
-        client.close()
-
-
-def committed_offsets(settings) -> dict[int, int]:
-    from kafka import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
-    try:
-        offsets = admin.list_group_offsets({GROUP_ID: None})[GROUP_ID]
-    finally:
-        admin.close()
-    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == settings.driver_stats_topic}
-
-
-def all_committed(settings, sent: Sent) -> bool:
-    committed = committed_offsets(settings)
-    return all(committed.get(partition, -1) > offset for partition, offset in sent.offsets.items())
-
-
-class Stream(threading.Thread):
-    """Valid messages for `driver_ids`, sent at `rate` per second in the background."""
-
-    def __init__(self, settings, driver_ids: list[int], count: int, rate: float, seed: int) -> None:
-        super().__init__(daemon=True)
-        rng = random.Random(seed)
-        start = datetime.now(UTC) - timedelta(hours=1)
-        self.items = [valid_item(stats(rng.choice(driver_ids), start + timedelta(milliseconds=i), rng))
-                      for i in range(count)]
-        self.settings, self.rate, self.sent, self.error = settings, rate, Sent(), None
-
-    def run(self) -> None:
-        try:
-            send(self.settings, self.items, self.rate, self.sent)
-        except BaseException as exc:  # reported by finish()
-            self.error = exc
-
-    def finish(self) -> Sent:
-        self.join(timeout=120)
-        assert not self.is_alive() and self.error is None, self.error
-        return self.sent
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,7 +122,7 @@ class Stream(threading.Thread):
 def test_consumer_is_healthy_and_serves_its_metrics(consumer, settings):
     import urllib.request
 
-    assert consumer_health(settings).startswith("ready")
+    assert CHECKS[SERVICE](settings).startswith("ready")
     body = urllib.request.urlopen(f"{settings.stream_consumer_url}/metrics", timeout=5).read().decode()
     for name in ("messages_consumed_total", "messages_pushed_total", "messages_rejected_total", "dlq_sends_total",
                  "batch_write_seconds_bucket", "lag{", "freshness_seconds_bucket",
@@ -294,7 +134,7 @@ def test_health_check_names_what_is_wrong(settings):
     from dataclasses import replace
 
     with pytest.raises(Unhealthy, match="does not answer"):
-        consumer_health(replace(settings, stream_consumer_port=1))
+        CHECKS[SERVICE](replace(settings, stream_consumer_port=1))
 
 
 def test_valid_messages_reach_both_stores_and_invalid_ones_the_dead_letter_topic(consumer, settings, store):
@@ -312,14 +152,14 @@ def test_valid_messages_reach_both_stores_and_invalid_ones_the_dead_letter_topic
     mixed = items + invalid
     rng.shuffle(mixed)
     # A driver's versions keep their relative order only by chance: the consumer must pick by event time.
-    since = dlq_end(settings)
+    since = end_offset(settings, settings.driver_stats_dlq_topic)
 
     sent = send(settings, mixed)
 
     assert len(sent.valid) == 100
     wait_until_stored(settings, store, sent)
     eventually(lambda: all_committed(settings, sent), timeout=30, what="offsets committed")
-    letters = dead_letters(settings, since, {str(i) for i in ids})
+    letters = dead_letters(settings, settings.driver_stats_dlq_topic, since, {str(i) for i in ids})
     assert len(letters) == len(invalid) == 12
     assert collections.Counter(e["reason_class"] for e in letters) == collections.Counter(INVALID_KINDS * 2)
     for entry in letters:
@@ -389,7 +229,7 @@ def test_sigterm_stops_the_consumer_cleanly_with_exit_0_and_loses_nothing(consum
     command = ["-m", "mlops_platform.exec", SERVICE] if REGISTERED else ["-m", "data_pipeline.stream_consumer"]
     child = spawn_consumer(settings, [sys.executable, *command])
     try:
-        eventually(lambda: consumer_health(settings), timeout=120, what="child consumer healthy")
+        eventually(lambda: CHECKS[SERVICE](settings), timeout=120, what="child consumer healthy")
         second = Stream(settings, ids, count=1500, rate=500, seed=15)
         second.start()
         before = len(offline_rows(settings, ids))
@@ -408,9 +248,9 @@ def test_sigterm_stops_the_consumer_cleanly_with_exit_0_and_loses_nothing(consum
 
 def test_producer_cli_replays_at_its_rate_and_plants_invalid_messages(consumer, settings):
     ids = fresh_driver_ids(10)
-    since = dlq_end(settings)
+    since = end_offset(settings, settings.driver_stats_dlq_topic)
     result = subprocess.run(
-        [sys.executable, "-m", "data_pipeline.stream_producer", "--rate", "300", "--count", "600", "--drivers", "10",
+        [sys.executable, "-m", "simulation.stream_producer", "--rate", "300", "--count", "600", "--drivers", "10",
          "--first-driver-id", str(ids[0]), "--invalid-share", "0.1", "--seed", "5"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, env=merged_env({"PYTHONPATH": str(REPO_ROOT)}))
     assert result.returncode == 0, result.stderr
@@ -421,7 +261,8 @@ def test_producer_cli_replays_at_its_rate_and_plants_invalid_messages(consumer, 
     assert summary["duration_s"] == pytest.approx(2.0, abs=0.3)
     eventually(lambda: len(offline_rows(settings, ids)) >= 540, what="540 offline rows")
     assert len(offline_rows(settings, ids)) == 540
-    letters = eventually(lambda: (found := dead_letters(settings, since, {str(i) for i in ids}))
+    keys = {str(i) for i in ids}
+    letters = eventually(lambda: (found := dead_letters(settings, settings.driver_stats_dlq_topic, since, keys))
                          and len(found) >= 60 and found, what="60 dead letters")
     assert collections.Counter(e["reason_class"] for e in letters) == summary["invalid_by_kind"]
 
@@ -439,7 +280,7 @@ def test_producer_cli_replays_a_landed_file_as_live_events(consumer, settings, s
     started = datetime.now(UTC)
 
     result = subprocess.run(
-        [sys.executable, "-m", "data_pipeline.stream_producer", "--rate", "100", "--count", "30",
+        [sys.executable, "-m", "simulation.stream_producer", "--rate", "100", "--count", "30",
          "--from-file", str(path)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, env=merged_env({"PYTHONPATH": str(REPO_ROOT)}))
     assert result.returncode == 0, result.stderr

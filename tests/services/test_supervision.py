@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from mlops_platform import local, process_tree
+from mlops_platform import local, local_service, process_tree
 from mlops_platform.settings import load_settings
 from tests.conftest import TEST_HOME, eventually, run_sh, stack_up
 
@@ -83,13 +83,13 @@ def test_a_service_killed_while_its_dependency_is_down_comes_back_when_the_depen
 
     old = recorded_pid(settings, LOGGER)
     restarts_before = local.restart_count(settings, LOGGER)
-    local.stop(BY_NAME["kafka"], settings)
+    local_service.stop(BY_NAME["kafka"], settings)
     try:
         os.kill(old, signal.SIGKILL)
         eventually(lambda: local.restart_count(settings, LOGGER) > restarts_before, timeout=60,
                    what="a restart while Kafka is down")
     finally:
-        local.start(BY_NAME["kafka"], settings)
+        local_service.start(BY_NAME["kafka"], settings)
 
     eventually(lambda: health.check(LOGGER, settings)[0], timeout=240, what="prediction logger healthy again")
     assert local.main_pid(settings, LOGGER) not in (None, old)

@@ -7,16 +7,14 @@ import os
 import pytest
 
 from mlops_platform.services import airflow_env
-from mlops_platform.settings import load_settings
+from tests.conftest import build_settings
 
 
 @pytest.fixture(scope="module")
 def dagbag(tmp_path_factory):
     """Our DAGs parsed as Airflow's dag-processor would, without a database or services. Airflow's
     environment is set for the module's tests only, then the previous one is restored."""
-    settings = load_settings({**os.environ, "PLATFORM_HOME": str(tmp_path_factory.mktemp("airflow-home")),
-                              "POSTGRES_PASSWORD": "x", "REDIS_PASSWORD": "x", "AIRFLOW_ADMIN_PASSWORD": "x",
-                              "AIRFLOW_FERNET_KEY": "x", "AIRFLOW_SECRET_KEY": "x"})
+    settings = build_settings(tmp_path_factory.mktemp("airflow-home"))
     env = airflow_env(settings)
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
@@ -30,3 +28,19 @@ def dagbag(tmp_path_factory):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def raw():
+    """docker-compose.yml as written (YAML anchors and merges resolved, ${...} untouched)."""
+    from tests.compose_file import load_raw
+
+    return load_raw()
+
+
+@pytest.fixture(scope="module")
+def compose():
+    """docker-compose.yml as compose sees it with a fresh .env."""
+    from tests.compose_file import load_compose
+
+    return load_compose()

@@ -8,16 +8,13 @@ import math
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
 from mlops_platform import airflow_client
 from mlops_platform.airflow_client import AirflowClient, AirflowError, renewal_time, token_expiry
-from mlops_platform.settings import load_settings
 
-SECRETS = {"POSTGRES_PASSWORD": "x", "REDIS_PASSWORD": "x", "AIRFLOW_ADMIN_PASSWORD": "af-password",
-           "AIRFLOW_FERNET_KEY": "x", "AIRFLOW_SECRET_KEY": "x"}
+ADMIN_PASSWORD = "af-password"
 
 
 def jwt(claims: dict) -> str:
@@ -55,7 +52,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
         if self.path == "/auth/token":
-            if body != {"username": "platform-admin", "password": "af-password"}:
+            if body != {"username": "platform-admin", "password": ADMIN_PASSWORD}:
                 return self.answer(401, {"detail": "Invalid credentials"})
             now = time.time()
             token = jwt({"sub": "1", "n": len(self.server.issued), "iat": int(now), "exp": now + self.server.lifetime})
@@ -98,12 +95,12 @@ class Handler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def airflow(tmp_path: Path):
+def airflow(make_settings):
     server = FakeAirflow()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    settings = load_settings({**SECRETS, "AIRFLOW_HOST": "127.0.0.1", "AIRFLOW_PORT": str(server.server_port)},
-                             tmp_path / "missing.env")
+    settings = make_settings(AIRFLOW_ADMIN_PASSWORD=ADMIN_PASSWORD, AIRFLOW_HOST="127.0.0.1",
+                             AIRFLOW_PORT=str(server.server_port))
     yield server, AirflowClient(settings)
     server.shutdown()
     server.server_close()

@@ -9,7 +9,6 @@ import pandas as pd
 import pyarrow.parquet as parquet
 import pytest
 
-from mlops_platform.settings import load_settings
 from model_serving import batch
 from model_serving.prediction_store import BATCH_COLUMNS
 
@@ -69,10 +68,8 @@ def test_nothing_to_score_gives_an_empty_frame_of_the_same_shape():
     ("manual/../../etc", "manual_.._.._etc.parquet"),
     ("..hidden", "hidden.parquet"),
 ])
-def test_the_export_stays_in_its_folder_whatever_the_run_id(tmp_path, run_id, name):
-    settings = load_settings({"PLATFORM_HOME": str(tmp_path), "POSTGRES_PASSWORD": "x", "REDIS_PASSWORD": "x",
-                              "AIRFLOW_ADMIN_PASSWORD": "x", "AIRFLOW_FERNET_KEY": "x", "AIRFLOW_SECRET_KEY": "x",
-                              "SERVING_AUTH": "off"})
+def test_the_export_stays_in_its_folder_whatever_the_run_id(make_settings, tmp_path, run_id, name):
+    settings = make_settings(SERVING_AUTH="off")
     path = batch.export_path(settings, run_id)
     assert path == tmp_path / "batch_predictions" / name
     with pytest.raises(ValueError, match="usable as a file name"):

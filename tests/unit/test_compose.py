@@ -1,186 +1,42 @@
-"""Static checks of docker-compose.yml and the files it uses (Dockerfiles, Jenkins, Grafana, ELK).
+"""Static checks of docker-compose.yml as a whole: the Compose Specification, stacks, images, start-up order,
+commands and configuration of our services, ports and network.
 
-No Docker engine is needed: the compose file is read as YAML, interpolated the way compose does it
-with the values of .env.example, validated against the Compose Specification's JSON schema
-(tests/data/compose-spec.json: the compose-spec project's schema/compose-spec.json, the copy that
-Docker Compose v2.40.3 validates with) and then held to the platform's rules: pinned images,
-healthchecks, ordered start-up, loopback ports, no secret literal, and the same commands as local
-mode.
+The file is validated against the Compose Specification's JSON schema (tests/data/compose-spec.json: the
+compose-spec project's schema/compose-spec.json, the copy that Docker Compose v2.40.3 validates with).
+Secrets: test_compose_secrets.py; volumes and mounted configuration: test_compose_mounts.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
-import yaml
 
 from mlops_platform import health, services
-from mlops_platform.settings import load_settings
-
-ROOT = Path(__file__).resolve().parents[2]
-COMPOSE_FILE = ROOT / "docker-compose.yml"
-ENV_EXAMPLE = ROOT / ".env.example"
-SCHEMA_FILE = ROOT / "tests" / "data" / "compose-spec.json"
-PYTHON_DOCKERFILE = ROOT / "platform" / "docker" / "Dockerfile"
-JENKINS_DIR = ROOT / "platform" / "jenkins"
-JENKINSFILE = ROOT / "Jenkinsfile"
-GRAFANA_DIR = ROOT / "monitoring" / "grafana"
-FILEBEAT_CONFIG = ROOT / "monitoring" / "elk" / "filebeat.yml"
-
-STACKS = set(services.STACKS)
-# Stacks whose services are not in docker-compose.yml yet.
-STACKS_NOT_YET_IN_COMPOSE = {"serving"}
-RUN_SH_VERBS = {"setup", "lint", "test", "build", "deploy", "demo"}
-# Our Python services whose compose service is named differently from the exec/health name.
-COMPOSE_NAME = {"feast-apply": "feast-init"}
-WEAK_PASSWORDS = {"admin", "administrator", "changeme", "change-me", "password", "passw0rd", "secret",
-                  "root", "default", "test", "123456", "platform", "jenkins", "airflow", "elastic"}
-SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN|(?:^|_|\.)(?:[A-Z]*KEY)$", re.IGNORECASE)
-MOUNT_DATA_PATHS = {  # where each stateful service keeps what must survive `down`
-    "postgres": "/var/lib/postgresql/data",
-    "redis": "/data",
-    "mlflow": "/var/lib/platform/data/mlflow-artifacts",
-    "airflow-api-server": "/var/lib/platform/airflow",
-    "airflow-scheduler": "/var/lib/platform/airflow",
-    "kafka": "/var/lib/kafka/data",
-    "prometheus": "/prometheus",
-    "grafana": "/var/lib/grafana",
-    "elasticsearch": "/usr/share/elasticsearch/data",
-    "kibana": "/usr/share/kibana/data",
-    "filebeat": "/usr/share/filebeat/data",
-    "jenkins": "/var/jenkins_home",
-}
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading and interpolating the compose file as compose does
-# ---------------------------------------------------------------------------------------------
-def read_env_example() -> dict[str, str]:
-    values: dict[str, str] = {}
-    for raw in ENV_EXAMPLE.read_text().splitlines():
-        line = raw.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, _, value = line.partition("=")
-            values[key.strip()] = value.strip()
-    return values
-
-
-def generated_secrets() -> set[str]:
-    """Variables that `run.sh` fills with a random secret (marked __GENERATE...__ in .env.example)."""
-    return {key for key, value in read_env_example().items() if value.startswith("__GENERATE")}
-
-
-def env_for_compose() -> dict[str, str]:
-    """What compose sees with a fresh .env: .env.example, each secret a distinct dummy value."""
-    env = read_env_example()
-    for key in generated_secrets():
-        env[key] = f"dummy-{key.lower()}-0123456789abcdefghijklmnopqrstuvwxyz"
-    return env
-
-
-class MissingVariable(Exception):
-    pass
-
-
-_VARIABLE = re.compile(
-    r"\$(?:(?P<escaped>\$)"
-    r"|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}"
-    r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
+from mlops_platform.settings import load_settings, setting_variables
+from tests.compose_file import (
+    COMPOSE_FILE,
+    COMPOSE_NAME,
+    JENKINS_DIR,
+    PYTHON_DOCKERFILE,
+    ROOT,
+    SCHEMA_FILE,
+    STACKS,
+    STACKS_NOT_YET_IN_COMPOSE,
+    MissingVariable,
+    dockerfile_targets,
+    env_for_compose,
+    environment,
+    generated_secrets,
+    interpolate_tree,
+    is_one_shot,
+    python_services,
+    read_env_example,
 )
-
-
-def interpolate(text: str, env: dict[str, str]) -> str:
-    """Compose's interpolation: $$, $VAR, ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?err},
-    ${VAR?err}, ${VAR:+alt}, ${VAR+alt}."""
-
-    def replace(match: re.Match[str]) -> str:
-        if match["escaped"]:
-            return "$"
-        name = match["braced"] or match["bare"]
-        op, arg = match["op"], match["arg"] or ""
-        is_set = name in env
-        is_non_empty = bool(env.get(name))
-        if op in (":-", "-"):
-            return env[name] if (is_non_empty if op == ":-" else is_set) else arg
-        if op in (":?", "?"):
-            if not (is_non_empty if op == ":?" else is_set):
-                raise MissingVariable(f"{name}: {arg}")
-            return env[name]
-        if op in (":+", "+"):
-            return arg if (is_non_empty if op == ":+" else is_set) else ""
-        return env.get(name, "")
-
-    return _VARIABLE.sub(replace, text)
-
-
-def interpolate_tree(node: Any, env: dict[str, str]) -> Any:
-    if isinstance(node, dict):
-        return {key: interpolate_tree(value, env) for key, value in node.items()}
-    if isinstance(node, list):
-        return [interpolate_tree(item, env) for item in node]
-    if isinstance(node, str):
-        return interpolate(node, env)
-    return node
-
-
-@pytest.fixture(scope="module")
-def raw() -> dict[str, Any]:
-    """docker-compose.yml as written (YAML anchors and merges resolved, ${...} untouched)."""
-    return yaml.safe_load(COMPOSE_FILE.read_text())
-
-
-@pytest.fixture(scope="module")
-def compose(raw: dict[str, Any]) -> dict[str, Any]:
-    """docker-compose.yml as compose sees it with a fresh .env."""
-    return interpolate_tree(raw, env_for_compose())
-
-
-def environment(service: dict[str, Any]) -> dict[str, Any]:
-    env = service.get("environment") or {}
-    if isinstance(env, list):
-        return dict(item.split("=", 1) if "=" in item else (item, None) for item in env)
-    return dict(env)
-
-
-def is_one_shot(service: dict[str, Any]) -> bool:
-    return str(service.get("restart", "no")) == "no"
-
-
-def mounts(service: dict[str, Any]) -> Iterator[tuple[str, str, bool]]:
-    """(source, target, read_only) of every volume entry, short or long syntax."""
-    for entry in service.get("volumes") or []:
-        if isinstance(entry, dict):
-            yield str(entry.get("source", "")), str(entry["target"]), bool(entry.get("read_only"))
-        else:
-            parts = str(entry).split(":")
-            if len(parts) == 1:  # anonymous volume
-                yield "", parts[0], False
-            else:
-                yield parts[0], parts[1], len(parts) > 2 and "ro" in parts[2].split(",")
-
-
-def is_bind(source: str) -> bool:
-    return source.startswith((".", "/", "~"))
-
-
-def command_text(value: Any) -> str:
-    return " ".join(value) if isinstance(value, list) else str(value or "")
-
-
-def python_services() -> list[services.Service]:
-    """Our services that `python -m mlops_platform.exec` runs, in both modes."""
-    return [s for s in services.SERVICES if s.launch == "python" and not s.docker_only]
-
-
-def dockerfile_targets(path: Path) -> set[str]:
-    return set(re.findall(r"(?im)^FROM\s+\S+\s+AS\s+(\S+)\s*$", path.read_text()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,8 +268,7 @@ def test_the_python_image_holds_every_package_our_services_run() -> None:
 
 def settings_variables() -> set[str]:
     """Every variable mlops_platform.settings reads."""
-    source = (ROOT / "mlops_platform" / "settings.py").read_text()
-    return set(re.findall(r'(?:text|integer|port|env\.get)\(\s*"([A-Z0-9_]+)"', source))
+    return set(setting_variables())
 
 
 def test_our_services_get_the_whole_platform_configuration(compose: dict[str, Any]) -> None:
@@ -496,226 +351,3 @@ def test_services_share_one_network_and_reach_each_other_by_name(raw: dict[str, 
             assert "localhost" not in str(value) or key.endswith("_OPTS"), (
                 f"{name}: {key} points at localhost, which inside a container is the container itself"
             )
-
-
-def test_no_privileged_container_and_no_docker_socket(raw: dict[str, Any]) -> None:
-    for name, service in raw["services"].items():
-        assert not service.get("privileged"), f"{name} must not be privileged"
-        assert service.get("pid") != "host" and service.get("ipc") != "host", f"{name} shares a host namespace"
-        assert not service.get("cap_add"), f"{name} adds capabilities"
-        for source, target, _ in mounts(service):
-            assert "docker.sock" not in source + target, f"{name} mounts the Docker socket"
-
-
-# ---------------------------------------------------------------------------------------------
-# Secrets
-# ---------------------------------------------------------------------------------------------
-def test_secret_values_are_references_to_env(raw: dict[str, Any]) -> None:
-    reference = re.compile(r"\$\{[A-Z0-9_]+(?::\?[^}]*|:-)?\}")
-    for name, service in raw["services"].items():
-        for key, value in environment(service).items():
-            if SECRET_KEY.search(key):
-                assert isinstance(value, str) and reference.fullmatch(value), (
-                    f"{name}: {key} must be ${{VAR:?message}} (or an empty default), not {value!r}"
-                )
-
-
-def test_generated_secrets_are_required_and_never_defaulted() -> None:
-    text = COMPOSE_FILE.read_text()
-    assert "__GENERATE" not in text
-    for key in generated_secrets():
-        for match in re.finditer(rf"\$\{{{key}(?![A-Za-z0-9_])([^}}]*)\}}", text):
-            assert match[1].startswith(":?"), f"${{{key}{match[1]}}} must be ${{{key}:?message}}: no default"
-
-
-def test_no_weak_password_reaches_a_container(compose: dict[str, Any]) -> None:
-    for name, service in compose["services"].items():
-        for key, value in environment(service).items():
-            if SECRET_KEY.search(key) and value:
-                assert str(value).lower() not in WEAK_PASSWORDS, f"{name}: {key} is a guessable default"
-                assert len(str(value)) >= 16, f"{name}: {key} is too short to be a generated secret"
-
-
-def test_secrets_never_appear_on_a_command_line(raw: dict[str, Any]) -> None:
-    # ${SECRET} would be written into the container's command (docker inspect, ps); $$SECRET is
-    # expanded by the container's shell from its environment instead.
-    secret_names = generated_secrets() | {k for k in read_env_example() if SECRET_KEY.search(k)}
-    for name, service in raw["services"].items():
-        texts = [command_text(service.get("command")), command_text(service.get("entrypoint")),
-                 command_text((service.get("healthcheck") or {}).get("test"))]
-        for text in texts:
-            for secret in secret_names:
-                assert not re.search(rf"(?<!\$)\$\{{?{secret}(?![A-Za-z0-9_])", text), (
-                    f"{name} puts {secret} on a command line; use $${secret} and the environment"
-                )
-
-
-# ---------------------------------------------------------------------------------------------
-# Data and mounted files
-# ---------------------------------------------------------------------------------------------
-def test_data_lives_on_declared_named_volumes(raw: dict[str, Any]) -> None:
-    declared = set(raw.get("volumes") or {})
-    used: set[str] = set()
-    for name, service in raw["services"].items():
-        for source, target, _ in mounts(service):
-            assert source, f"{name}: anonymous volume at {target} would be lost on the next `up`"
-            if not is_bind(source):
-                assert source in declared, f"{name}: volume {source} is not declared under volumes:"
-                used.add(source)
-    assert declared == used, f"declared but unused volumes: {sorted(declared - used)}"
-    for name, path in MOUNT_DATA_PATHS.items():
-        targets = {t for s, t, _ in mounts(raw["services"][name]) if s and not is_bind(s)}
-        assert path in targets, f"{name} keeps its data in {path}, which is not on a named volume"
-
-
-def test_bind_mounts_exist_and_are_read_only(raw: dict[str, Any]) -> None:
-    for name, service in raw["services"].items():
-        for source, target, read_only in mounts(service):
-            if not is_bind(source):
-                continue
-            assert source.startswith("./"), f"{name}: bind mount {source} must be relative to the repository"
-            assert (ROOT / source).exists(), f"{name}: {source} does not exist (docker would create an empty dir)"
-            assert read_only, f"{name}: {source} -> {target} must be mounted read-only"
-
-
-def test_every_volume_of_our_python_services_mounts_where_the_image_makes_a_folder_for_its_user(
-        compose: dict[str, Any]) -> None:
-    # A fresh named volume takes the owner of the folder it mounts on; a folder the image never made
-    # is root's, and the service user cannot write its reports, outputs or landed files there.
-    made = set(re.findall(r"/var/lib/platform[\w/-]*", PYTHON_DOCKERFILE.read_text().split("chown -R platform")[0]))
-    for name, service in compose["services"].items():
-        build = service.get("build")
-        if not (isinstance(build, dict) and build.get("dockerfile") == "platform/docker/Dockerfile"):
-            continue
-        for source, target, _ in mounts(service):
-            if not source.startswith((".", "/")):
-                assert target in made, f"{name} mounts volume {source} on {target}, which the image does not create"
-
-
-def test_postgres_creates_the_platform_databases(compose: dict[str, Any]) -> None:
-    postgres = compose["services"]["postgres"]
-    image_dir = ROOT / postgres["build"]["context"]
-    entrypoint = (image_dir / "entrypoint.sh").read_text()
-    assert "init-databases.sh" in entrypoint, "the entrypoint never creates the databases"
-    script = image_dir / "init-databases.sh"
-    assert os.access(script, os.X_OK), f"{script} must be executable"
-    text = script.read_text()
-    env = environment(postgres)
-    for variable in ("FEAST_DB", "MLFLOW_DB", "AIRFLOW_DB"):
-        assert variable in text, f"the init script ignores {variable}"
-        assert variable in env, f"postgres does not pass {variable} to its init script"
-    assert "pg_isready" in command_text(postgres["healthcheck"]["test"])
-
-
-def test_prometheus_reads_the_repository_config(compose: dict[str, Any]) -> None:
-    prometheus = compose["services"]["prometheus"]
-    config = next(arg.split("=", 1)[1] for arg in prometheus["command"] if arg.startswith("--config.file="))
-    for source, target, _ in mounts(prometheus):
-        if config.startswith(target.rstrip("/") + "/"):
-            path = ROOT / source / config[len(target.rstrip("/")) + 1:]
-            assert path.is_file(), f"prometheus reads {config}, but {path.relative_to(ROOT)} does not exist"
-            break
-    else:
-        pytest.fail(f"{config} is not inside any mount of the prometheus service")
-
-
-# ---------------------------------------------------------------------------------------------
-# Grafana, ELK, Jenkins
-# ---------------------------------------------------------------------------------------------
-def test_grafana_is_provisioned_and_closed_to_anonymous_users(compose: dict[str, Any]) -> None:
-    grafana = compose["services"]["grafana"]
-    env = environment(grafana)
-    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false", "Grafana must not be open to anonymous users"
-    targets = {t: s for s, t, _ in mounts(grafana)}
-    assert targets.get("/etc/grafana/provisioning") == "./monitoring/grafana/provisioning"
-    datasources = yaml.safe_load((GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml").read_text())
-    prometheus = [d for d in datasources["datasources"] if d["uid"] == "prometheus"]
-    assert prometheus, "no Grafana datasource with uid `prometheus` (dashboards refer to it)"
-    assert prometheus[0]["url"] == "http://prometheus:9090", f"datasource url {prometheus[0]['url']}"
-    assert "prometheus" in compose["services"]
-    dashboards = yaml.safe_load((GRAFANA_DIR / "provisioning" / "dashboards" / "dashboards.yml").read_text())
-    path = dashboards["providers"][0]["options"]["path"]
-    assert targets.get(path) == "./monitoring/grafana/dashboards", f"{path} is not where the dashboards are mounted"
-
-
-def test_filebeat_ships_to_elasticsearch_with_credentials_from_env(compose: dict[str, Any]) -> None:
-    filebeat = compose["services"]["filebeat"]
-    config = yaml.safe_load(FILEBEAT_CONFIG.read_text())
-    output = config["output.elasticsearch"] if "output.elasticsearch" in config else config["output"]["elasticsearch"]
-    assert output["hosts"] == ["http://elasticsearch:9200"], f"filebeat ships to {output['hosts']}"
-    assert output["password"] == "${ELASTIC_PASSWORD}", "filebeat's password must come from the environment"
-    assert "ELASTIC_PASSWORD" in environment(filebeat), "the filebeat service does not set ELASTIC_PASSWORD"
-    mounted = [t for _, t, _ in mounts(filebeat)]
-    for log_input in config["filebeat.inputs"]:
-        for path in log_input["paths"]:
-            assert any(path.startswith(t.rstrip("/") + "/") for t in mounted), f"filebeat reads {path}, not mounted"
-
-
-def test_jenkins_configuration_as_code(compose: dict[str, Any]) -> None:
-    jenkins = compose["services"]["jenkins"]
-    env = environment(jenkins)
-    casc_text = (JENKINS_DIR / "casc.yaml").read_text()
-    casc_code = re.sub(r"(?m)^\s*#.*$", "", casc_text)
-    casc = yaml.safe_load(casc_text)
-    realm = casc["jenkins"]["securityRealm"]["local"]
-    assert realm["allowsSignup"] is False, "anyone could sign up to Jenkins"
-    assert realm["users"] == [{**realm["users"][0], "id": "${JENKINS_ADMIN_USER}",
-                               "password": "${JENKINS_ADMIN_PASSWORD}"}], "the admin must come from .env"
-    # Every variable casc.yaml needs without a default is set on the container.
-    for variable in re.findall(r"\$\{([A-Z0-9_]+)\}", casc_code):
-        assert variable in env, f"casc.yaml uses ${{{variable}}}, which the jenkins service does not set"
-    assert "-Djenkins.install.runSetupWizard=false" in env["JAVA_OPTS"], "Jenkins would start its setup wizard"
-    targets = {t: s for s, t, _ in mounts(jenkins)}
-    assert targets.get(env["CASC_JENKINS_CONFIG"]) == "./platform/jenkins/casc.yaml"
-    job = casc["jobs"][0]["script"]
-    assert "pipelineJob('ride-mlops')" in job and "scriptPath('Jenkinsfile')" in job
-    repo = re.search(r"url\('file://([^']+)'\)", job)[1]
-    assert targets.get(repo) == "./.git", f"the job clones {repo}, which is not the mounted repository"
-    assert compose["services"]["jenkins"]["ports"] == ["127.0.0.1:8081:8080"]
-
-
-def test_jenkins_plugins_are_pinned() -> None:
-    lines = [line.strip() for line in (JENKINS_DIR / "plugins.txt").read_text().splitlines()]
-    entries = [line for line in lines if line and not line.startswith("#")]
-    for entry in entries:
-        assert ":" in entry, f"plugins.txt: {entry!r} must be name:version"
-    plugins = dict(entry.split(":", 1) for entry in entries)
-    for plugin, version in plugins.items():
-        assert re.fullmatch(r"[a-z0-9][a-z0-9._-]*", plugin), f"bad plugin name {plugin!r}"
-        assert re.fullmatch(r"\d[\w.-]*", version) and version not in ("latest", "experimental"), (
-            f"{plugin} is not pinned to a version: {version!r}"
-        )
-    assert {"configuration-as-code", "job-dsl", "workflow-aggregator", "git"} <= set(plugins)
-    dockerfile = (JENKINS_DIR / "Dockerfile").read_text()
-    assert re.search(r"jenkins-plugin-cli --plugin-file \S*plugins\.txt --latest false", dockerfile), (
-        "dependencies must not float to their latest versions"
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Jenkinsfile
-# ---------------------------------------------------------------------------------------------
-def jenkinsfile_code() -> str:
-    text = re.sub(r"/\*.*?\*/", "", JENKINSFILE.read_text(), flags=re.DOTALL)
-    return re.sub(r"(?m)(^|\s)//.*$", r"\1", text)
-
-
-SH_STEP = re.compile(
-    r"""(?<![\w.$])sh\s*\(?\s*(?:script\s*:\s*)?(?P<q>'''|\"\"\"|'|")(?P<cmd>.*?)(?P=q)""", re.DOTALL
-)
-SH_WORD = re.compile(r"(?<![\w.$])sh\b(?!\.)(?=\s*[\('\"]|\s+script\s*:)")
-
-
-def test_jenkinsfile_steps_are_run_sh_verbs() -> None:
-    code = jenkinsfile_code()
-    steps = [m["cmd"].strip() for m in SH_STEP.finditer(code)]
-    assert len(steps) == len(SH_WORD.findall(code)), "an sh step is written in a form this test cannot read"
-    assert not re.search(r"(?<![\w.])(bat|powershell|pwsh)\s*[\('\"]", code), "steps must be sh steps"
-    assert steps, "the Jenkinsfile has no sh step"
-    for command in steps:
-        match = re.fullmatch(r"bash run\.sh (\w+)(?: [\w .=/-]+)?", command)
-        assert match, f"step {command!r} must be `bash run.sh <verb> [args]`"
-        assert match[1] in RUN_SH_VERBS, f"step {command!r} calls an unknown run.sh verb"
-    for wanted in ("bash run.sh setup", "bash run.sh lint", "bash run.sh test unit",
-                   "bash run.sh test services", "bash run.sh build"):
-        assert wanted in steps, f"the pipeline never runs `{wanted}`"

@@ -10,15 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlops_platform import docker_mode
+from mlops_platform import compose_project, docker_images
 from mlops_platform.services import BY_NAME, python_command
-from mlops_platform.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def project() -> dict[str, docker_mode.ComposeService]:
+def project() -> dict[str, compose_project.ComposeService]:
     """The compose file as `docker compose config` would give it, near enough for these checks."""
     raw = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = {}
@@ -31,7 +30,7 @@ def project() -> dict[str, docker_mode.ComposeService]:
         if isinstance(spec.get("build"), dict):
             context = str(ROOT / spec["build"].get("context", "."))
             services[name]["build"] = {**spec["build"], "args": {}, "context": context}
-    return docker_mode.load_project({"services": services})
+    return compose_project.load_project({"services": services})
 
 
 def test_a_service_belongs_to_the_stack_local_mode_gives_it(project):
@@ -44,28 +43,28 @@ def test_a_service_belongs_to_the_stack_local_mode_gives_it(project):
 def test_shared_services_stay_while_another_stack_needs_them(project):
     # `mlflow down` must not take Airflow's PostgreSQL with it: postgres belongs to feast and airflow needs it.
     assert project["postgres"].stack == "feast" and project["mlflow"].stack == "mlflow"
-    needed_by_airflow = docker_mode.with_dependencies(project, ["airflow-scheduler"])
+    needed_by_airflow = compose_project.with_dependencies(project, ["airflow-scheduler"])
     assert "postgres" in needed_by_airflow and "mlflow" not in needed_by_airflow
-    assert docker_mode.dependents(project, {"elasticsearch"}) >= {"kibana", "filebeat", "elk-setup", "kibana-setup"}
+    assert compose_project.dependents(project, {"elasticsearch"}) >= {"kibana", "filebeat", "elk-setup", "kibana-setup"}
 
 
 def test_images_we_build_need_only_the_base_image_and_the_rest_are_named(project):
     base = "debian:bookworm-slim"
     for name in ("postgres", "redis", "kafka", "prometheus", "node-exporter", "mlflow", "serving"):
-        assert docker_mode.external_images(project[name]) == [base], name
-    assert docker_mode.external_images(project["jenkins"])[0].startswith("jenkins/jenkins:")
-    assert docker_mode.external_images(project["grafana"])[0].startswith("grafana/grafana:")
+        assert docker_images.external_images(project[name]) == [base], name
+    assert docker_images.external_images(project["jenkins"])[0].startswith("jenkins/jenkins:")
+    assert docker_images.external_images(project["grafana"])[0].startswith("grafana/grafana:")
 
 
 def test_a_service_that_cannot_start_names_the_dependency_it_waits_for(monkeypatch):
     def service(name, image, *depends_on):
-        return docker_mode.ComposeService(name, ("elk",), image, None, depends_on, False, (), False)
+        return compose_project.ComposeService(name, ("elk",), image, None, depends_on, False, (), False)
 
     project = {"search": service("search", "upstream/search:9"), "ui": service("ui", "ours/ui:1", "search"),
                "ui-setup": service("ui-setup", "ours/ui:1", "ui")}
-    monkeypatch.setattr(docker_mode, "image_present", lambda image: image.startswith("ours/"))
-    monkeypatch.setattr(docker_mode, "pull", lambda image: f"{image} cannot be pulled: no such host")
-    blocked = docker_mode.unavailable_images(project, set(project))
+    monkeypatch.setattr(docker_images, "image_present", lambda image: image.startswith("ours/"))
+    monkeypatch.setattr(docker_images, "pull", lambda image: f"{image} cannot be pulled: no such host")
+    blocked = docker_images.unavailable_images(project, set(project))
     assert blocked["search"] == "upstream/search:9 cannot be pulled: no such host"
     assert blocked["ui"] == "needs search, which cannot start"
     assert blocked["ui-setup"] == "needs ui, which cannot start"
@@ -75,34 +74,33 @@ def test_dockerfile_bases_skip_stages_and_expand_build_args(tmp_path):
     dockerfile = tmp_path / "Dockerfile"
     dockerfile.write_text("ARG BASE_IMAGE=debian:bookworm-slim\nFROM ${BASE_IMAGE} AS jre\nFROM jre AS jars\n"
                           "FROM jre\nFROM other/image:1.2\n")
-    assert docker_mode.dockerfile_bases(dockerfile, {}) == ["debian:bookworm-slim", "other/image:1.2"]
-    assert docker_mode.dockerfile_bases(dockerfile, {"BASE_IMAGE": "mirror/debian:12"})[0] == "mirror/debian:12"
+    assert docker_images.dockerfile_bases(dockerfile, {}) == ["debian:bookworm-slim", "other/image:1.2"]
+    assert docker_images.dockerfile_bases(dockerfile, {"BASE_IMAGE": "mirror/debian:12"})[0] == "mirror/debian:12"
 
 
 def test_compose_ps_output_is_read_in_both_formats():
     line = '{"Service": "redis", "State": "running"}'
-    assert docker_mode.parse_json_lines(f"{line}\n{line}\n")[0]["Service"] == "redis"
-    assert docker_mode.parse_json_lines(f"[{line}]")[0]["State"] == "running"
-    assert docker_mode.parse_json_lines("") == []
+    assert compose_project.parse_json_lines(f"{line}\n{line}\n")[0]["Service"] == "redis"
+    assert compose_project.parse_json_lines(f"[{line}]")[0]["State"] == "running"
+    assert compose_project.parse_json_lines("") == []
 
 
 def test_builds_trust_the_host_ca_bundle_unless_one_is_given(monkeypatch, tmp_path):
     monkeypatch.delenv("BUILD_CA_BUNDLE", raising=False)
-    monkeypatch.setattr(docker_mode, "ENV_FILE", tmp_path / ".env")
+    monkeypatch.setattr(compose_project, "ENV_FILE", tmp_path / ".env")
     expected = "/etc/ssl/certs/ca-certificates.crt" if Path("/etc/ssl/certs/ca-certificates.crt").is_file() \
-        else str(docker_mode.NO_EXTRA_CA)
-    assert docker_mode.compose_env()["BUILD_CA_BUNDLE"] == expected
+        else str(compose_project.NO_EXTRA_CA)
+    assert compose_project.compose_env()["BUILD_CA_BUNDLE"] == expected
     (tmp_path / ".env").write_text("BUILD_CA_BUNDLE=/srv/proxy-ca.pem\n")
-    assert docker_mode.compose_env()["BUILD_CA_BUNDLE"] == "/srv/proxy-ca.pem"
+    assert compose_project.compose_env()["BUILD_CA_BUNDLE"] == "/srv/proxy-ca.pem"
     monkeypatch.setenv("BUILD_CA_BUNDLE", "/tmp/mine.pem")
-    assert docker_mode.compose_env()["BUILD_CA_BUNDLE"] == "/tmp/mine.pem"
+    assert compose_project.compose_env()["BUILD_CA_BUNDLE"] == "/tmp/mine.pem"
 
 
-def test_mlflow_accepts_the_host_through_any_published_port(tmp_path):
+def test_mlflow_accepts_the_host_through_any_published_port(make_settings):
     from mlflow.server.security_utils import is_allowed_host_header
 
-    settings = load_settings(environ={**os.environ, "PLATFORM_HOME": str(tmp_path), "MLFLOW_HOST": "mlflow",
-                                      "LISTEN_ADDRESS": "0.0.0.0", "MLFLOW_PORT": "5000"})
+    settings = make_settings(MLFLOW_HOST="mlflow", LISTEN_ADDRESS="0.0.0.0", MLFLOW_PORT="5000")
     argv = python_command("mlflow", settings).argv
     allowed = argv[argv.index("--allowed-hosts") + 1].split(",")
     for host in ("127.0.0.1:15000", "localhost:5000", "mlflow:5000", "127.0.0.1"):

@@ -26,7 +26,7 @@ import yaml
 
 from mlops_platform.logs import configure_logging
 from mlops_platform.services import log_file
-from mlops_platform.settings import load_settings
+from tests.conftest import build_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 ELK_DIR = ROOT / "monitoring" / "elk"
@@ -223,9 +223,7 @@ def test_filebeat_reads_the_files_our_services_write() -> None:
     compose = yaml.safe_load(COMPOSE_FILE.read_text())
     services = compose["services"]
     home = services["serving"]["environment"]["PLATFORM_HOME"]
-    settings = load_settings({"PLATFORM_HOME": home, "POSTGRES_PASSWORD": "x", "REDIS_PASSWORD": "x",
-                              "AIRFLOW_ADMIN_PASSWORD": "x", "AIRFLOW_FERNET_KEY": "x", "AIRFLOW_SECRET_KEY": "x"},
-                             ROOT / "no-such.env")
+    settings = build_settings(home)
     written = str(log_file(settings, "serving"))
     config = yaml.safe_load(FILEBEAT_FILE.read_text())
     service_input = next(i for i in config["filebeat.inputs"] if i["id"] == "platform-services")

@@ -11,15 +11,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data_pipeline import generate as gen
 from data_pipeline.ingest import interval_files
 from data_pipeline.landing import landed_files, read_raw
 from data_pipeline.load import raw_json
 from data_pipeline.validate import ORDERS, STATS, SchemaMismatch, TimestampWindow, validate
+from feast_repo.features import CREATED_FIELD, FEATURE_NAMES, JOIN_KEY, TIMESTAMP_FIELD
+from simulation import generate as gen
 
 END = date(2024, 5, 8)
-STATS_COLUMNS = ["driver_id", "event_timestamp", "created", "conv_rate", "acc_rate", "avg_daily_trips"]
-FEATURES = ["conv_rate", "acc_rate", "avg_daily_trips"]
+STATS_COLUMNS = [JOIN_KEY, TIMESTAMP_FIELD, CREATED_FIELD, *FEATURE_NAMES]
+FEATURES = list(FEATURE_NAMES)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.metric_definitions import defined_metric_names, metric_definitions
 from tests.monitoring_config import (
     DASHBOARDS_DIR,
     EXTERNAL_METRICS,
@@ -24,9 +25,7 @@ from tests.monitoring_config import (
     REPO_ROOT,
     all_panels,
     dashboard_expressions,
-    defined_metric_names,
     load_dashboards,
-    metric_definitions,
     metric_names_in_promql,
     metric_names_in_variable_query,
     promtool,

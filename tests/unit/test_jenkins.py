@@ -1,5 +1,5 @@
 """Jenkins as code: casc.yaml, plugins.txt, the job DSL script inside casc.yaml, and the Jenkinsfile's
-stages, checked without a Jenkins. (tests/unit/test_compose.py checks the container; test_run_sh.py
+stages, checked without a Jenkins. (tests/unit/test_compose_jenkins.py checks the container; test_run_sh.py
 that every Jenkinsfile step is a `run.sh` verb.)
 """
 

@@ -247,7 +247,7 @@ def test_a_file_of_another_schema_names_the_missing_columns():
 
 
 def test_the_files_not_loaded_are_listed_in_one_message():
-    from data_pipeline.ingest import IngestionBatch, IngestionReport, not_loaded_message
+    from data_pipeline.ingest_report import IngestionBatch, IngestionReport, not_loaded_message
 
     batch = IngestionBatch([IngestionReport(STATS, "a.parquet"),
                             IngestionReport(ORDERS, "b.csv", status="rejected", message="the file is empty"),
@@ -264,7 +264,7 @@ def test_the_files_not_loaded_are_listed_in_one_message():
 
 
 def test_every_outcome_but_skipped_is_a_status_ingestion_runs_accepts():
-    from data_pipeline.ingest import STATUSES
+    from data_pipeline.ingest_report import STATUSES
     from data_pipeline.offline_store import DDL, RUN_STATUSES
 
     assert set(RUN_STATUSES) == set(STATUSES) - {"skipped"}

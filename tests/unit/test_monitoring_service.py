@@ -1,9 +1,12 @@
-"""The monitoring service's parts without the loop: drift, live quality, no-data windows, the retrain policy."""
+"""The monitoring service's parts without the loop: drift, live quality, the retrain policy, reports.
+
+A whole evaluation on real stores (no-data windows, live metrics, the trigger) is in
+tests/services/test_monitor_evaluation.py.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -11,18 +14,17 @@ import pandas as pd
 import pytest
 from prometheus_client import CollectorRegistry
 
-from mlops_platform.settings import load_settings
+from feast_repo.features import FEATURE_NAMES
 from monitoring_service.airflow_runs import count_failed
 from monitoring_service.drift import compute_drift, value_drift_scores, watched_features
 from monitoring_service.metrics import MonitoringMetrics
 from monitoring_service.quality import live_quality
-from monitoring_service.reference import Champion
-from monitoring_service.reports import add_caption, list_reports, report_name, write_report
+from monitoring_service.reports import add_caption, list_reports, write_report
 from monitoring_service.retrain_policy import DRIFT, LIVE_RMSE, Breach, RetrainPolicy, breaches
-from monitoring_service.service import Monitor, trigger_note
+from monitoring_service.service import trigger_note
 
 T0 = datetime(2024, 9, 15, 12, 0, tzinfo=UTC)
-COLUMNS = ("conv_rate", "acc_rate", "avg_daily_trips", "score")
+COLUMNS = (*FEATURE_NAMES, "score")
 
 
 def frame(rng: np.random.Generator, n: int, conv_shift: float = 0.0, acc_shift: float = 0.0) -> pd.DataFrame:
@@ -124,122 +126,6 @@ def test_auc_is_absent_with_one_class_and_empty_input_is_refused() -> None:
         live_quality(np.array([0.3]), np.array([2]))
 
 
-# ---- no-data windows publish nothing ----------------------------------------------------------
-def samples(registry: CollectorRegistry, name: str) -> dict[tuple, float]:
-    return {tuple(sorted(s.labels.items())): s.value for m in registry.collect() for s in m.samples
-            if s.name == name}
-
-
-class FakeCursor:
-    def __init__(self, predictions: list[tuple], labeled: list[tuple]) -> None:
-        self.rows = {"prediction_log": predictions, "labeled_predictions": labeled}
-        self.result: list[tuple] = []
-
-    def execute(self, sql: str, params=None) -> None:
-        self.result = self.rows["labeled_predictions" if "labeled_predictions" in sql else "prediction_log"]
-
-    def fetchall(self) -> list[tuple]:
-        return self.result
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
-
-class FakeConnection(FakeCursor):
-    def cursor(self) -> FakeCursor:
-        return self._cursor
-
-
-def make_monitor(monkeypatch, tmp_path, predictions: list[tuple], labeled: list[tuple], reference=None,
-                 **overrides):
-    from monitoring_service import service
-
-    secrets = {key: "x" for key in ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "AIRFLOW_ADMIN_PASSWORD",
-                                    "AIRFLOW_FERNET_KEY", "AIRFLOW_SECRET_KEY")}
-    environ = {**secrets, "PLATFORM_MODE": "local", "PLATFORM_HOME": str(tmp_path), "MONITOR_MIN_ROWS": "10"}
-    settings = replace(load_settings(environ, tmp_path / "none.env"), **overrides)
-    conn = FakeConnection([], [])
-    conn._cursor = FakeCursor(predictions, labeled)
-    monkeypatch.setattr("data_pipeline.offline_store.connect", lambda settings=None: conn)
-    monkeypatch.setattr(service, "find_champion", lambda client, name, alias: Champion(name, "7", "run-7"))
-    registry = CollectorRegistry()
-    triggered: list[str] = []
-    monitor = Monitor(settings, MonitoringMetrics(registry), trigger=lambda note: triggered.append(note) or "run-1")
-    if reference is not None:
-        monitor.references._frames = {"run-7": reference}
-    return monitor, registry, triggered
-
-
-def test_a_window_with_too_few_predictions_publishes_no_numbers(monkeypatch, tmp_path) -> None:
-    rng = np.random.default_rng(3)
-    few = [tuple(row) for row in frame(rng, 5).to_numpy()]
-    monitor, registry, _ = make_monitor(monkeypatch, tmp_path, few, [(0.5, 1.0)] * 5, reference=frame(rng, 500))
-    monitor.metrics.drift_share.labels("7").set(0.9)  # a number from an earlier window must not survive
-    monitor.metrics.live_rmse.labels("7").set(0.9)
-    result = monitor.evaluate(T0)
-    assert samples(registry, "monitoring_window_has_data") == {(): 0.0}
-    assert samples(registry, "monitoring_window_has_labels") == {(): 0.0}
-    for name in ("monitoring_drift_share", "monitoring_feature_drift_score", "monitoring_live_rmse",
-                 "monitoring_live_mae", "monitoring_live_roc_auc"):
-        assert samples(registry, name) == {}, name
-    assert any("expected at least MONITOR_MIN_ROWS=10" in reason for reason in result.skipped)
-    assert not list_reports(tmp_path / "monitoring" / "reports")
-
-
-def test_a_window_with_predictions_but_no_labels_publishes_drift_only(monkeypatch, tmp_path) -> None:
-    rng = np.random.default_rng(4)
-    rows = [tuple(row) for row in frame(rng, 50).to_numpy()]
-    monitor, registry, _ = make_monitor(monkeypatch, tmp_path, rows, [], reference=frame(rng, 500))
-    monitor.evaluate(T0)
-    assert samples(registry, "monitoring_window_has_data") == {(): 1.0}
-    assert samples(registry, "monitoring_window_has_labels") == {(): 0.0}
-    assert set(samples(registry, "monitoring_drift_share")) == {(("model_version", "7"),)}
-    assert len(samples(registry, "monitoring_feature_drift_score")) == len(COLUMNS)
-    assert samples(registry, "monitoring_live_rmse") == {}
-    assert [p.name for p in list_reports(tmp_path / "monitoring" / "reports")] == [report_name(T0)]
-
-
-def test_labelled_window_publishes_live_metrics_by_model_version(monkeypatch, tmp_path) -> None:
-    rng = np.random.default_rng(5)
-    rows = [tuple(row) for row in frame(rng, 20).to_numpy()]
-    labeled = [(0.8, 1.0), (0.3, 0.0)] * 6
-    monitor, registry, _ = make_monitor(monkeypatch, tmp_path, rows, labeled, reference=frame(rng, 500))
-    monitor.evaluate(T0)
-    assert samples(registry, "monitoring_live_rmse") == {(("model_version", "7"),): pytest.approx(
-        math.sqrt((0.04 + 0.09) / 2))}
-    assert samples(registry, "monitoring_live_roc_auc") == {(("model_version", "7"),): 1.0}
-
-
-def test_a_subset_champion_has_its_drift_computed_published_and_reported_on_its_own_features(
-        monkeypatch, tmp_path, caplog) -> None:
-    from monitoring_service import service
-
-    rng = np.random.default_rng(23)
-    rows = [tuple(row) for row in as_logged(one_feature(rng, 60, trips_mean=40.0)).to_numpy()]
-    monitor, registry, triggered = make_monitor(monkeypatch, tmp_path, rows, [], reference=one_feature(rng, 2000),
-                                                retrain_sustain_minutes=1.0, retrain_cooldown_minutes=60.0)
-    monkeypatch.setattr(service.trigger_store, "record_trigger", lambda settings, record: None)
-    with caplog.at_level("INFO", logger="monitoring-service"):
-        results = [monitor.evaluate(T0 + timedelta(minutes=minute)) for minute in range(3)]
-
-    assert registry.get_sample_value("monitoring_evaluation_errors_total", {"step": "drift"}) == 0.0
-    assert results[0].watched_features == ["avg_daily_trips"] and results[0].drift_share == 1.0, results[0].skipped
-    assert samples(registry, "monitoring_drift_watched_feature") == {
-        (("feature", "avg_daily_trips"), ("model_version", "7")): 1.0}
-    assert {dict(labels)["feature"] for labels in samples(registry, "monitoring_feature_drift_score")} == {
-        "avg_daily_trips", "score"}
-    assert len(triggered) == 1 and "monitoring_drift_share = 1.0000" in triggered[0], "the trigger can fire"
-    announced = [r for r in caplog.records if r.getMessage() == "drift watches the champion's features"]
-    assert [(r.model_version, r.watched_features, r.not_watched) for r in announced] == [
-        ("7", ["avg_daily_trips"], ["conv_rate", "acc_rate"])], "said once, not at every evaluation"
-    report = list_reports(tmp_path / "monitoring" / "reports")[0].read_text()
-    assert ("version 7: drift of its features avg_daily_trips and of its score" in report
-            and "Not watched: conv_rate, acc_rate" in report)
-
-
 def test_a_caption_goes_at_the_top_of_the_body_escaped(tmp_path) -> None:
     page = tmp_path / "r.html"
     page.write_text("<!doctype html><html><body class='x'><div>report</div></body></html>")
@@ -286,23 +172,6 @@ def test_the_cooldown_resumes_from_the_last_recorded_trigger() -> None:
     policy = RetrainPolicy(sustain=timedelta(0), cooldown=timedelta(minutes=30), last_trigger=T0)
     assert policy.decide(T0 + timedelta(minutes=29), [drift()]) is None
     assert policy.decide(T0 + timedelta(minutes=30), [drift()]) == drift()
-
-
-def test_the_monitor_triggers_once_and_says_why(monkeypatch, tmp_path) -> None:
-    from monitoring_service import service
-
-    rng = np.random.default_rng(6)
-    rows = [tuple(row) for row in frame(rng, 60, conv_shift=0.5, acc_shift=-0.4).to_numpy()]
-    monitor, registry, triggered = make_monitor(monkeypatch, tmp_path, rows, [], reference=frame(rng, 500),
-                                                retrain_sustain_minutes=1.0, retrain_cooldown_minutes=60.0)
-    recorded = []
-    monkeypatch.setattr(service.trigger_store, "record_trigger", lambda settings, record: recorded.append(record))
-    for minute in range(5):
-        monitor.evaluate(T0 + timedelta(minutes=minute))
-    assert len(triggered) == 1 and "monitoring_drift_share" in triggered[0]
-    assert [(r.reason, r.model_version, r.dag_run_id, r.triggered_at) for r in recorded] == [
-        (DRIFT, "7", "run-1", T0 + timedelta(minutes=1))]
-    assert samples(registry, "monitoring_retraining_triggered_total")[(("reason", DRIFT),)] == 1.0
 
 
 def test_the_note_names_metric_value_and_threshold() -> None:

@@ -1,17 +1,14 @@
-"""The predictions and ground-truth contracts: what passes, what is refused and how; the logger's split."""
+"""The predictions and ground-truth contracts: what passes, what is refused and how."""
 
 from __future__ import annotations
 
 import json
-from collections import namedtuple
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from data_pipeline.stream_messages import Rejection
-from mlops_platform.settings import load_settings
+from mlops_platform.messages import Rejection
 from model_serving import prediction_messages as pm
-from model_serving.prediction_logger import split
 from model_serving.prediction_store import GROUND_TRUTH_COLUMNS, PREDICTION_COLUMNS, replace_batch_predictions
 
 NOW = datetime(2025, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -163,31 +160,6 @@ def test_an_invalid_outcome_is_refused_with_its_reason(payload, reason_class, fi
 def test_each_topic_has_its_own_dead_letter_topic():
     assert pm.dlq_topic("predictions") == "predictions_dlq"
     assert pm.dlq_topic("ground_truth") == "ground_truth_dlq"
-
-
-# ---------------------------------------------------------------------------------------------
-# the logger's split of a polled batch
-# ---------------------------------------------------------------------------------------------
-Record = namedtuple("Record", "topic partition offset key value")
-
-
-def test_a_batch_is_split_by_topic_into_valid_messages_and_rejections():
-    settings = load_settings({"POSTGRES_PASSWORD": "x", "REDIS_PASSWORD": "x", "AIRFLOW_ADMIN_PASSWORD": "x",
-                              "AIRFLOW_FERNET_KEY": "x", "AIRFLOW_SECRET_KEY": "x", "SERVING_AUTH": "off"})
-    records = [
-        Record("predictions", 0, 1, b"req-1", json.dumps(prediction()).encode()),
-        Record("ground_truth", 0, 1, b"req-1", json.dumps(outcome()).encode()),
-        Record("predictions", 1, 7, b"req-2", json.dumps(outcome()).encode()),  # an outcome on the wrong topic
-        Record("ground_truth", 2, 3, None, b"garbage"),
-    ]
-    valid, rejected = split(records, settings, NOW)
-    assert [p.request_id for p in valid.predictions] == ["req-1"]
-    assert [g.trip_completed for g in valid.ground_truth] == [1]
-    assert len(valid) == 2
-    assert [(r.topic, r.offset, why.reason_class) for r, why in rejected] == [
-        ("predictions", 7, "missing_field"), ("ground_truth", 3, "unparseable_json")]
-    with pytest.raises(ValueError, match="got one of topic 'other'"):
-        split([Record("other", 0, 0, None, b"{}")], settings, NOW)
 
 
 def test_a_batch_run_only_replaces_rows_of_its_own_run():

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
-from mlops_platform import local
-from mlops_platform.local import PlatformError, drop_docker_only_blocks, render_prometheus_config
-from mlops_platform.settings import load_settings
+from mlops_platform.errors import PlatformError
+from mlops_platform.local_prepare import drop_docker_only_blocks, prepare_prometheus, render_prometheus_config
+from tests.conftest import build_settings
 from tests.monitoring_config import (
     PROMETHEUS_CONFIG,
     REPO_ROOT,
@@ -59,9 +59,7 @@ def run_promtool(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture()
 def local_settings(tmp_path: Path):
-    return load_settings({"PLATFORM_HOME": str(tmp_path / "home"), "POSTGRES_PASSWORD": "x", "REDIS_PASSWORD": "x",
-                          "AIRFLOW_ADMIN_PASSWORD": "x", "AIRFLOW_FERNET_KEY": "x", "AIRFLOW_SECRET_KEY": "x",
-                          **PRIVATE_PORTS}, tmp_path / "no-such.env")
+    return build_settings(tmp_path / "home", **PRIVATE_PORTS)
 
 
 def jobs_of(config: dict[str, Any]) -> dict[str, list[str]]:
@@ -77,7 +75,7 @@ def test_promtool_accepts_the_docker_mode_configuration() -> None:
 
 
 def test_promtool_accepts_the_configuration_local_mode_renders(local_settings) -> None:
-    local._prepare_prometheus(local_settings)  # what `bash run.sh monitoring up` writes
+    prepare_prometheus(local_settings)  # what `bash run.sh monitoring up` writes
     rendered = local_settings.home / "prometheus" / "prometheus.yml"
     assert (rendered.parent / "rules").is_dir(), "local mode must copy the rules next to the configuration"
     run_promtool("check", "config", str(rendered))

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from mlops_platform import local
+from mlops_platform import local_prepare
 from mlops_platform.services import SERVICES, STACKS, airflow_env, kafka_properties
-from mlops_platform.settings import REPO_ROOT, load_settings, read_env_file
+from mlops_platform.settings import REPO_ROOT, read_env_file
 
 
 def run(*args: str, cwd: Path = REPO_ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -95,17 +95,14 @@ def test_every_long_running_local_service_has_a_health_check():
         assert service.name in health.CHECKS, service.name
 
 
-def test_derived_configuration_follows_the_settings(tmp_path: Path):
-    settings = load_settings({"POSTGRES_PASSWORD": "pw", "REDIS_PASSWORD": "r", "AIRFLOW_ADMIN_PASSWORD": "a",
-                              "AIRFLOW_FERNET_KEY": "f", "AIRFLOW_SECRET_KEY": "s", "AIRFLOW_PORT": "18080",
-                              "KAFKA_PORT": "19092", "PROMETHEUS_PORT": "19090", "MLFLOW_PORT": "15000"},
-                             tmp_path / "none")
+def test_derived_configuration_follows_the_settings(make_settings):
+    settings = make_settings(AIRFLOW_PORT="18080", KAFKA_PORT="19092", PROMETHEUS_PORT="19090", MLFLOW_PORT="15000")
     env = airflow_env(settings)
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].endswith("@127.0.0.1:5432/airflow")
     assert env["AIRFLOW__API__PORT"] == "18080"
     assert env["AIRFLOW__CORE__PARALLELISM"] == "4"
     assert "listeners=PLAINTEXT://127.0.0.1:19092," in kafka_properties(settings)
-    rendered = local.render_prometheus_config(settings)
+    rendered = local_prepare.render_prometheus_config(settings)
     assert "127.0.0.1:19090" in rendered and "prometheus:9090" not in rendered
 
 

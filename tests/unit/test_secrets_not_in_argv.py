@@ -3,23 +3,21 @@ for containers, to the host). Secrets reach our services through the environment
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import yaml
 
 from mlops_platform.services import SERVICES, python_command
-from mlops_platform.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET_KEYS = ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_FERNET_KEY",
                "AIRFLOW_SECRET_KEY", "SERVING_API_TOKEN")
 
 
-def test_no_command_that_local_mode_or_a_container_runs_carries_a_secret(tmp_path, monkeypatch):
+def test_no_command_that_local_mode_or_a_container_runs_carries_a_secret(make_settings, tmp_path, monkeypatch):
     secrets = {key: f"secret-{key.lower()}-value" for key in SECRET_KEYS}
-    settings = load_settings({**os.environ, **secrets, "PLATFORM_HOME": str(tmp_path)}, tmp_path / "none.env")
+    settings = make_settings(**secrets)
     from mlops_platform import services
 
     monkeypatch.setattr(services, "postgres_bindir", lambda: Path("/usr/lib/postgresql/15/bin"))
@@ -33,14 +31,12 @@ def test_no_command_that_local_mode_or_a_container_runs_carries_a_secret(tmp_pat
         assert not leaked, f"{service.name} has {leaked} on its command line: {argv}"
 
 
-def test_redis_reads_its_password_from_a_file_only_its_owner_reads(tmp_path):
-    from mlops_platform.local import _prepare_redis
+def test_redis_reads_its_password_from_a_file_only_its_owner_reads(make_settings):
+    from mlops_platform.local_prepare import prepare_redis
     from mlops_platform.services import redis_config
 
-    secrets = {key: "x" for key in SECRET_KEYS}
-    settings = load_settings({**os.environ, **secrets, "REDIS_PASSWORD": 'pa"ss\\word',
-                              "PLATFORM_HOME": str(tmp_path)}, tmp_path / "none.env")
-    _prepare_redis(settings)
+    settings = make_settings(REDIS_PASSWORD='pa"ss\\word', SERVING_API_TOKEN="x")
+    prepare_redis(settings)
     path = redis_config(settings)
     assert path.stat().st_mode & 0o777 == 0o600
     assert path.read_text() == 'requirepass "pa\\"ss\\\\word"\n'

@@ -1,21 +1,20 @@
-"""The online API's parts without services: validation, ranking, feature decoding, model swaps, events, auth."""
+"""The online API's parts without services: validation, feature decoding, model swaps, events, auth.
+
+The app itself (handlers, middleware, schema) is tested in test_serving_handlers.py."""
 
 from __future__ import annotations
 
 import json
 import time
 from datetime import datetime, timedelta
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
-from fastapi.testclient import TestClient
-from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from mlops_platform.settings import load_settings
+from feast_repo.features import FEATURE_NAMES
 from model_serving import schemas
 from model_serving.auth import BearerAuth
 from model_serving.events import FeedbackRecord, PredictionRecord, messages_from_wire
@@ -23,17 +22,16 @@ from model_serving.features import FeatureSpec, OnlineRows
 from model_serving.linear_form import exact_form
 from model_serving.model_store import LoadedModel, ModelLoadError, ModelStore, signature_features
 from model_serving.served import RecentRequests
+from tests.conftest import build_settings, register_version
 
-SECRETS = {"POSTGRES_PASSWORD": "x", "REDIS_PASSWORD": "x", "AIRFLOW_ADMIN_PASSWORD": "x",
-           "AIRFLOW_FERNET_KEY": "x", "AIRFLOW_SECRET_KEY": "x"}
-FEATURES = ("conv_rate", "acc_rate", "avg_daily_trips")
+FEATURES = FEATURE_NAMES
 # Pipelines fitted on DataFrames and scored on matrices, as the API does on purpose.
 pytestmark = pytest.mark.filterwarnings("ignore:X does not have valid feature names")
 
 
 def settings(**overrides: str):
-    return load_settings({**SECRETS, "SERVING_AUTH": "off", "SERVING_MAX_DRIVERS": "5", "MODEL_REFRESH_SECONDS": "5",
-                          **overrides}, Path("/nonexistent/.env"))
+    return build_settings(**{"SERVING_AUTH": "off", "SERVING_MAX_DRIVERS": "5", "MODEL_REFRESH_SECONDS": "5",
+                             **overrides})
 
 
 def fitted_pipeline(seed: int = 0):
@@ -134,29 +132,20 @@ def test_asking_for_a_feature_the_view_lacks_names_both_sides():
 # ---------------------------------------------------------------------------------------------
 # the model store
 # ---------------------------------------------------------------------------------------------
-class FakeRegistry:
-    def __init__(self, version: str | None) -> None:
-        self.version = version
-
-    def get_model_version_by_alias(self, name, alias):
-        from mlflow.exceptions import MlflowException
-        from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
-
-        if self.version is None:
-            raise MlflowException("no alias", error_code=RESOURCE_DOES_NOT_EXIST)
-        return SimpleNamespace(version=self.version, run_id=f"run-{self.version}")
-
-
-def test_the_store_swaps_when_the_alias_moves_and_keeps_the_old_model_when_a_load_fails(monkeypatch):
+def test_the_store_swaps_when_the_alias_moves_and_keeps_the_old_model_when_a_load_fails(monkeypatch,
+                                                                                       temporary_mlflow):
     from model_serving import model_store
 
     swaps, failures = [], []
-    store = ModelStore(settings(), on_swap=lambda old, new: swaps.append((old and old.version, new.version)),
-                       on_failure=failures.append)
-    store._client = FakeRegistry(None)
+    store = ModelStore(settings(MODEL_NAME="swap-test"), on_failure=failures.append,
+                       on_swap=lambda old, new: swaps.append((old and old.version, new.version)))
+    store._client = temporary_mlflow
     assert not store.refresh() and store.current is None and "has no alias 'champion'" in store.problem
 
-    broken = {"5"}
+    def promote() -> str:
+        return register_version(temporary_mlflow, "swap-test", alias="champion")
+
+    broken = set()
 
     def load(name, version, run_id, served, uri):
         if version in broken:
@@ -164,17 +153,17 @@ def test_the_store_swaps_when_the_alias_moves_and_keeps_the_old_model_when_a_loa
         return fitted_model(version)
 
     monkeypatch.setattr(model_store, "load_version", load)
-    store._client.version = "4"
-    assert store.refresh() and store.current.version == "4"
+    good = promote()
+    assert store.refresh() and store.current.version == good
     first = store.current
     assert not store.refresh() and store.current is first, "same version: nothing reloaded"
-    store._client.version = "5"
+    broken.add(bad := promote())
     assert not store.refresh() and store.current is first, "a failed load keeps serving the old model"
-    assert store.reload_failures == 1 and failures == ["version 5 is broken"]
+    assert store.reload_failures == 1 and failures == [f"version {bad} is broken"]
     assert not store.refresh() and store.reload_failures == 1, "a failed version is not retried at once"
-    store._client.version = "6"
-    assert store.refresh() and store.current.version == "6"
-    assert swaps == [(None, "4"), ("4", "6")] and store.reloads == 2
+    fixed = promote()
+    assert store.refresh() and store.current.version == fixed
+    assert swaps == [(None, good), (good, fixed)] and store.reloads == 2
 
 
 def test_the_feature_order_comes_from_the_signature_and_must_match_the_fit():
@@ -297,175 +286,3 @@ def test_recent_requests_are_bounded_in_count_and_age():
     recent.remember("c", [1], now=4)
     assert not recent.contains("a", 1, now=5) and len(recent) == 2, "the oldest request is evicted first"
     assert recent.contains("b", 1, now=12) and not recent.contains("b", 1, now=14)
-
-
-# ---------------------------------------------------------------------------------------------
-# the app, with a fitted model and stub features (no services)
-# ---------------------------------------------------------------------------------------------
-class StubFeatures:
-    def __init__(self, table: dict[int, tuple[float, float, int]], fail: str = "") -> None:
-        self.table, self.fail = table, fail
-        self.decoder = SimpleNamespace(spec=SimpleNamespace(features=FEATURES))
-
-    async def read(self, ids, features):
-        from model_serving.features import FeatureStoreUnavailable
-
-        if self.fail:
-            raise FeatureStoreUnavailable(self.fail)
-        found = [d for d in ids if d in self.table]
-        return OnlineRows(found, [self.table[d] for d in found], [d for d in ids if d not in self.table], 0)
-
-    async def ping(self):
-        await self.read([], FEATURES)
-
-
-@pytest.fixture
-def app_parts(monkeypatch):
-    import logging
-
-    import sklearn
-
-    from model_serving.api import create_app
-
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    root = logging.getLogger()
-    handlers, level, sklearn_config = root.handlers[:], root.level, sklearn.get_config()
-    app = create_app(settings(SERVING_AUTH="on", SERVING_API_TOKEN="tok"), registry=CollectorRegistry())
-    serving = app.state.serving
-    serving.models._current = fitted_model("3")
-    serving.features = StubFeatures({11: (0.9, 0.9, 30), 12: (0.1, 0.2, 3), 13: (0.9, 0.9, 30), 14: (0.5, 0.5, 9)})
-    yield TestClient(app, raise_server_exceptions=False), serving
-    root.handlers[:], root.level = handlers, level  # create_app configures the process's logging
-    sklearn.set_config(**sklearn_config)
-
-
-AUTH = {"Authorization": "Bearer tok"}
-
-
-def test_predict_scores_in_request_order_and_ranks_best_first_ties_by_id(app_parts):
-    client, serving = app_parts
-    response = client.post("/predict", json={"driver_ids": [13, 99, 12, 11, 14], "request_id": "r-1"}, headers=AUTH)
-    assert response.status_code == 200, response.text
-    body = response.json()
-    expected = serving.models.current.pipeline.predict(
-        pd.DataFrame([(0.9, 0.9, 30), (0.1, 0.2, 3), (0.9, 0.9, 30), (0.5, 0.5, 9)], columns=list(FEATURES)))
-    assert [s["driver_id"] for s in body["scores"]] == [13, 12, 11, 14]
-    assert [s["score"] for s in body["scores"]] == expected.tolist()
-    assert body["ranking"][:2] == [11, 13], "equal scores: smaller id first"
-    assert body["best_driver_id"] == 11 and body["missing_driver_ids"] == [99]
-    assert body["model"] == {"name": "driver_trip_completion", "version": "3", "run_id": "run-3"}
-    assert serving.recent.contains("r-1", 12) and not serving.recent.contains("r-1", 99)
-
-
-def test_auth_guards_predict_and_feedback_but_not_the_probes(app_parts):
-    client, _ = app_parts
-    assert client.post("/predict", json={"driver_ids": [11]}).status_code == 401
-    assert client.post("/feedback", json={"request_id": "r", "driver_id": 11, "trip_completed": 1}).status_code == 401
-    assert client.get("/health").json() == {"alive": True}
-    assert client.get("/ready").status_code == 200
-    assert client.get("/metrics").status_code == 200
-
-
-def test_no_model_or_no_redis_is_a_503_with_the_reason(app_parts):
-    client, serving = app_parts
-    serving.features = StubFeatures({}, fail="online feature store (Redis 127.0.0.1:6379) unavailable: refused")
-    for response in (client.post("/predict", json={"driver_ids": [11]}, headers=AUTH), client.get("/ready")):
-        assert response.status_code == 503
-        assert "Redis 127.0.0.1:6379" in json.dumps(response.json())
-    serving.models._current = None
-    ready = client.get("/ready")
-    assert ready.status_code == 503 and ready.json()["reason"].startswith("no model loaded")
-
-
-def test_feedback_is_accepted_only_once_it_is_spooled_durably_else_503(app_parts, monkeypatch):
-    client, serving = app_parts
-    client.post("/predict", json={"driver_ids": [11], "request_id": "fb"}, headers=AUTH)
-    monkeypatch.setattr(serving.publisher, "publish_durably", lambda record: True)
-    response = client.post("/feedback", json={"request_id": "fb", "driver_id": 11, "trip_completed": 1},
-                           headers=AUTH)
-    assert response.status_code == 202 and response.json()["accepted"] is True
-    monkeypatch.setattr(serving.publisher, "publish_durably", lambda record: False)
-    serving.publisher.problem = "the event spool holds 10 of 10 bytes (EVENT_SPOOL_MAX_BYTES)"
-    response = client.post("/feedback", json={"request_id": "fb", "driver_id": 11, "trip_completed": 1},
-                           headers=AUTH)
-    assert response.status_code == 503 and "EVENT_SPOOL_MAX_BYTES" in response.json()["detail"]
-
-
-def openapi_validator(client, component: str):
-    from jsonschema import Draft202012Validator
-
-    return Draft202012Validator(client.get("/openapi.json").json()["components"]["schemas"][component])
-
-
-def test_the_schema_declares_driver_ids_unique_and_the_api_refuses_repeats(app_parts):
-    client, _ = app_parts
-    body = {"driver_ids": [11, 12, 11]}
-    assert not openapi_validator(client, "PredictRequest").is_valid(body), "the schema must say repeats are invalid"
-    response = client.post("/predict", json=body, headers=AUTH)
-    assert response.status_code == 422, response.text
-    [error] = response.json()["detail"]
-    assert error["loc"] == ["body", "driver_ids"] and "repeated: [11]" in error["msg"], error
-
-
-def test_ids_written_as_integral_floats_are_valid_by_the_schema_and_accepted(app_parts):
-    client, _ = app_parts
-    body = b'{"driver_ids": [13.0, 12, 1.1e1]}'
-    assert openapi_validator(client, "PredictRequest").is_valid(json.loads(body))
-    response = client.post("/predict", content=body, headers={**AUTH, "content-type": "application/json"})
-    assert response.status_code == 200, response.text
-    assert [s["driver_id"] for s in response.json()["scores"]] == [13, 12, 11]
-    assert '"driver_id":13,' in response.text, "answered with the integer id"
-    fractional = client.post("/predict", json={"driver_ids": [13.5]}, headers=AUTH)
-    assert fractional.status_code == 422 and fractional.json()["detail"][0]["loc"] == ["body", "driver_ids", 0]
-    assert "fractional part" in fractional.json()["detail"][0]["msg"]
-
-
-@pytest.mark.parametrize(("body", "problem"), [
-    (b'{"driver_ids": [11', "Expecting"),
-    (b'{"driver_ids": [11], "request_id": "\xff"}', "not UTF-8"),
-    (b'{"driver_ids": [NaN]}', "NaN is not a JSON value"),
-    (b'{"driver_ids": [-Infinity]}', "-Infinity is not a JSON value"),
-    (b'{"driver_ids": [1e400]}', "1e400 is out of range"),
-    (b'{"driver_ids": [' + b"9" * 5000 + b"]}", "out of range"),
-    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
-])
-def test_a_body_that_is_not_json_is_the_documented_422_naming_the_problem(app_parts, body, problem):
-    client, _ = app_parts
-    documented = client.get("/openapi.json").json()["paths"]["/predict"]["post"]["responses"]
-    response = client.post("/predict", content=body, headers={**AUTH, "content-type": "application/json"})
-    assert response.status_code == 422 and "422" in documented, response.text
-    [error] = response.json()["detail"]
-    assert error["type"] == "json_invalid" and error["loc"][0] == "body" and problem in error["ctx"]["error"], error
-
-
-def test_every_route_and_every_refusal_is_in_the_schema(app_parts):
-    from fastapi.routing import APIRoute
-
-    client, _ = app_parts
-    schema = client.get("/openapi.json").json()
-    routes = {route.path for route in client.app.routes if isinstance(route, APIRoute)}
-    assert set(schema["paths"]) == routes == {"/predict", "/feedback", "/health", "/ready", "/metrics"}
-    assert "text/plain" in schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
-    for path, statuses in (("/predict", {"200", "401", "413", "422", "503"}),
-                           ("/feedback", {"202", "401", "404", "413", "422", "503"})):
-        assert set(schema["paths"][path]["post"]["responses"]) == statuses, path
-
-
-def test_an_oversized_body_is_refused_before_parsing(app_parts):
-    client, _ = app_parts
-    response = client.post("/predict", content=b"[" + b"1," * 600_000 + b"1]", headers={**AUTH,
-                           "content-type": "application/json"})
-    assert response.status_code == 413
-
-
-def test_the_request_metrics_label_endpoint_status_and_model_version(app_parts):
-    client, serving = app_parts
-    client.post("/predict", json={"driver_ids": [11, 12]}, headers=AUTH)
-    client.post("/predict", json={"driver_ids": []}, headers=AUTH)
-    client.get("/nowhere")
-    text = client.get("/metrics").text
-    assert 'serving_requests_total{endpoint="/predict",model_version="3",status="200"} 1.0' in text
-    assert 'serving_requests_total{endpoint="/predict",model_version="3",status="422"} 1.0' in text
-    assert 'serving_requests_total{endpoint="other",model_version="3",status="404"} 1.0' in text
-    assert 'serving_score_count{model_version="3"} 2.0' in text
-

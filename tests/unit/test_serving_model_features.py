@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -18,15 +17,13 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from mlops_platform.settings import load_settings
+from feast_repo.features import FEATURE_NAMES
 from model_serving.features import OnlineRows
 from model_serving.linear_form import exact_form
 from model_serving.model_store import LoadedModel
 from training_pipeline.model import make_model
 
-SECRETS = {"POSTGRES_PASSWORD": "x", "REDIS_PASSWORD": "x", "AIRFLOW_ADMIN_PASSWORD": "x",
-           "AIRFLOW_FERNET_KEY": "x", "AIRFLOW_SECRET_KEY": "x"}
-SERVED = ("conv_rate", "acc_rate", "avg_daily_trips")
+SERVED = FEATURE_NAMES
 ONLINE = {11: {"conv_rate": 0.9, "acc_rate": 0.2, "avg_daily_trips": 30.0},
           12: {"conv_rate": 0.1, "acc_rate": 0.8, "avg_daily_trips": 3.0},
           13: {"conv_rate": 0.5, "acc_rate": 0.5, "avg_daily_trips": 12.0}}
@@ -57,7 +54,7 @@ def loaded(features: tuple[str, ...]) -> LoadedModel:
 
 
 @pytest.fixture
-def api(monkeypatch):
+def api(monkeypatch, make_settings):
     import sklearn
 
     from model_serving.api import create_app
@@ -65,7 +62,7 @@ def api(monkeypatch):
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     root = logging.getLogger()
     handlers, level, sklearn_config = root.handlers[:], root.level, sklearn.get_config()
-    settings = load_settings({**SECRETS, "SERVING_AUTH": "off"}, Path("/nonexistent/.env"))
+    settings = make_settings(SERVING_AUTH="off")
     app = create_app(settings, registry=CollectorRegistry())
     serving = app.state.serving
     serving.features = OnlineStore()

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 import pytest
 
-from mlops_platform.settings import REPO_ROOT, SettingsError, load_settings, read_env_file
+from mlops_platform.settings import (
+    DOCKER_ONLY_VARIABLES,
+    REPO_ROOT,
+    Settings,
+    SettingsError,
+    declared_variables,
+    load_settings,
+    read_env_file,
+    setting_variables,
+)
 
 SECRETS = {
     "POSTGRES_PASSWORD": "pg-secret", "REDIS_PASSWORD": "redis-secret", "AIRFLOW_ADMIN_PASSWORD": "af",
@@ -45,6 +55,7 @@ def test_a_missing_secret_says_how_to_create_it(tmp_path: Path):
     ("POSTGRES_PORT", "five", "POSTGRES_PORT must be an integer, got 'five'"),
     ("REDIS_PORT", "70000", "REDIS_PORT must be a TCP port in 1..65535, got 70000"),
     ("PLATFORM_MODE", "cloud", "PLATFORM_MODE must be auto, local or docker, got 'cloud'"),
+    ("LIVE_RMSE_THRESHOLD", "high", "LIVE_RMSE_THRESHOLD must be a number, got 'high'"),
 ])
 def test_malformed_values_are_named(tmp_path: Path, key: str, value: str, message: str):
     with pytest.raises(SettingsError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -65,6 +76,27 @@ def test_env_example_documents_every_setting_and_commits_no_secret():
         "STREAM_CONSUMER_PORT": 9108, "PREDICTION_LOGGER_PORT": 9109,
         "MONITORING_SERVICE_PORT": 9110,
     }
+
+
+def test_env_example_documents_exactly_the_declared_variables():
+    """.env.example is the one place for defaults and documentation: a declared variable missing there has
+    no default, and one only there is read by nobody."""
+    documented, declared = set(read_env_file(REPO_ROOT / ".env.example")), declared_variables()
+    assert not declared - documented, f"declared but not in .env.example: {sorted(declared - documented)}"
+    assert not documented - declared, f"in .env.example but not declared: {sorted(documented - declared)}"
+
+
+def test_each_variable_is_declared_once_and_fills_its_own_attribute():
+    variables = [field.metadata["variable"] for field in dataclasses.fields(Settings)]
+    assert len(variables) == len(set(variables)), "a variable is read into two Settings fields"
+    assert not set(variables) & set(DOCKER_ONLY_VARIABLES), "a docker-only variable is also a setting"
+    # Every field is filled from its variable: change each value and see it arrive in its own attribute.
+    settings = load_settings({**SECRETS, "SERVING_API_TOKEN": "t0ken", "SERVING_AUTH": "on", "SERVING_WORKERS": "3",
+                              "PLATFORM_HOME": "/srv/platform", "LOG_LEVEL": "debug"}, Path("/nonexistent/.env"))
+    assert setting_variables()["SERVING_WORKERS"] == "serving_workers" and settings.serving_workers == 3
+    assert (settings.log_level, settings.home) == ("DEBUG", Path("/srv/platform"))
+    assert settings.landing_dir == Path("/srv/platform/landing")
+    assert settings.event_spool_dir == Path("/srv/platform/event-spool")
 
 
 def test_the_airflow_token_lifetime_is_a_setting_that_reaches_airflow(tmp_path: Path):

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from data_pipeline import stream_messages as sm
-from data_pipeline.stream_producer import INVALID_KINDS, invalid_payload, synthetic_rows, valid_message
 from data_pipeline.stream_writers import newest_per_driver
+from mlops_platform import messages
+from simulation.stream_producer import INVALID_KINDS, invalid_payload, synthetic_rows, valid_message
 
 NOW = datetime(2025, 5, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -65,39 +65,40 @@ def test_encode_round_trips_through_validate():
 
 
 @pytest.mark.parametrize(("payload", "reason_class", "field", "words"), [
-    (b'{"driver_id": 1001, "conv', sm.UNPARSEABLE, None, "expected JSON"),
-    (b"\xff\xfe not utf-8", sm.UNPARSEABLE, None, "expected JSON"),
-    (b"[1, 2]", sm.NOT_AN_OBJECT, None, "got list"),
-    (message(conv_rate=DROP), sm.MISSING_FIELD, "conv_rate", "conv_rate: required, but missing"),
-    (message(produced_at=None), sm.MISSING_FIELD, "produced_at", "produced_at: required, but null"),
-    (message(driver_id="1001"), sm.WRONG_TYPE, "driver_id", "expected an integer, got str '1001'"),
-    (message(driver_id=True), sm.WRONG_TYPE, "driver_id", "got bool"),
-    (message(driver_id=0), sm.OUT_OF_RANGE, "driver_id", "got 0"),
-    (message(conv_rate="0.5"), sm.WRONG_TYPE, "conv_rate", "expected a number, got str '0.5'"),
-    (message(conv_rate=1.0001), sm.OUT_OF_RANGE, "conv_rate", "expected a number in [0, 1], got 1.0001"),
-    (message(acc_rate=-0.1), sm.OUT_OF_RANGE, "acc_rate", "got -0.1"),
-    (message(avg_daily_trips=3.5), sm.WRONG_TYPE, "avg_daily_trips", "expected an integer, got float 3.5"),
-    (message(avg_daily_trips=-1), sm.OUT_OF_RANGE, "avg_daily_trips", "got -1"),
-    (message(event_timestamp=1714564799), sm.WRONG_TYPE, "event_timestamp", "expected an ISO-8601 string"),
-    (message(event_timestamp="yesterday"), sm.BAD_TIMESTAMP, "event_timestamp", "got 'yesterday'"),
-    (message(event_timestamp="2025-05-01T11:59:59"), sm.BAD_TIMESTAMP, "event_timestamp", "expected a UTC offset"),
-    (message(created="2025-13-01T00:00:00Z"), sm.BAD_TIMESTAMP, "created", "got '2025-13-01T00:00:00Z'"),
-    (message(event_timestamp="2025-05-02T12:00:01+00:00"), sm.FUTURE_TIMESTAMP, "event_timestamp",
+    (b'{"driver_id": 1001, "conv', messages.UNPARSEABLE, None, "expected JSON"),
+    (b"\xff\xfe not utf-8", messages.UNPARSEABLE, None, "expected JSON"),
+    (b"[1, 2]", messages.NOT_AN_OBJECT, None, "got list"),
+    (message(conv_rate=DROP), messages.MISSING_FIELD, "conv_rate", "conv_rate: required, but missing"),
+    (message(produced_at=None), messages.MISSING_FIELD, "produced_at", "produced_at: required, but null"),
+    (message(driver_id="1001"), messages.WRONG_TYPE, "driver_id", "expected an integer, got str '1001'"),
+    (message(driver_id=True), messages.WRONG_TYPE, "driver_id", "got bool"),
+    (message(driver_id=0), messages.OUT_OF_RANGE, "driver_id", "got 0"),
+    (message(conv_rate="0.5"), messages.WRONG_TYPE, "conv_rate", "expected a number, got str '0.5'"),
+    (message(conv_rate=1.0001), messages.OUT_OF_RANGE, "conv_rate", "expected a number in [0, 1], got 1.0001"),
+    (message(acc_rate=-0.1), messages.OUT_OF_RANGE, "acc_rate", "got -0.1"),
+    (message(avg_daily_trips=3.5), messages.WRONG_TYPE, "avg_daily_trips", "expected an integer, got float 3.5"),
+    (message(avg_daily_trips=-1), messages.OUT_OF_RANGE, "avg_daily_trips", "got -1"),
+    (message(event_timestamp=1714564799), messages.WRONG_TYPE, "event_timestamp", "expected an ISO-8601 string"),
+    (message(event_timestamp="yesterday"), messages.BAD_TIMESTAMP, "event_timestamp", "got 'yesterday'"),
+    (message(event_timestamp="2025-05-01T11:59:59"), messages.BAD_TIMESTAMP, "event_timestamp",
+     "expected a UTC offset"),
+    (message(created="2025-13-01T00:00:00Z"), messages.BAD_TIMESTAMP, "created", "got '2025-13-01T00:00:00Z'"),
+    (message(event_timestamp="2025-05-02T12:00:01+00:00"), messages.FUTURE_TIMESTAMP, "event_timestamp",
      "expected at most 1 day, 0:00:00 after now"),
-    (message(produced_at="2025-05-03T00:00:00Z"), sm.FUTURE_TIMESTAMP, "produced_at", "got 2025-05-03T00:00:00Z"),
+    (message(produced_at="2025-05-03T00:00:00Z"), messages.FUTURE_TIMESTAMP, "produced_at", "got 2025-05-03T00:00:00Z"),
 ])
 def test_a_broken_message_is_refused_with_the_field_and_the_value(payload, reason_class, field, words):
     result = check(payload)
-    assert isinstance(result, sm.Rejection)
+    assert isinstance(result, messages.Rejection)
     assert (result.reason_class, result.field) == (reason_class, field)
     assert words in result.reason
-    assert result.reason_class in sm.REASON_CLASSES
+    assert result.reason_class in messages.REASON_CLASSES
 
 
 def test_not_a_number_is_out_of_range():
     result = check(b'{"driver_id": 1001, "event_timestamp": "2025-05-01T11:00:00Z", "conv_rate": NaN, '
                    b'"acc_rate": 0.5, "avg_daily_trips": 3, "produced_at": "2025-05-01T11:00:00Z"}')
-    assert (result.reason_class, result.field) == (sm.OUT_OF_RANGE, "conv_rate")
+    assert (result.reason_class, result.field) == (messages.OUT_OF_RANGE, "conv_rate")
 
 
 def test_a_timestamp_just_under_a_day_ahead_is_accepted():
@@ -107,34 +108,12 @@ def test_a_timestamp_just_under_a_day_ahead_is_accepted():
 
 def test_a_message_under_another_drivers_key_is_refused():
     result = check(message(driver_id=1002), key=b"1001")
-    assert (result.reason_class, result.field) == (sm.KEY_MISMATCH, "driver_id")
+    assert (result.reason_class, result.field) == (messages.KEY_MISMATCH, "driver_id")
     assert "b'1001'" in result.reason and "1002" in result.reason
 
 
 def test_an_empty_message_is_refused():
-    assert sm.validate(None, None, NOW).reason_class == sm.UNPARSEABLE
-
-
-def test_the_dead_letter_keeps_the_payload_the_reason_and_where_it_was_read():
-    raw = b'{"driver_id": 1001, "conv'
-    rejection = check(raw)
-    record = json.loads(sm.dead_letter(raw, b"1001", rejection, "driver_stats", 2, 41, NOW))
-    assert record == {
-        "reason": rejection.reason, "reason_class": sm.UNPARSEABLE, "field": None, "topic": "driver_stats",
-        "partition": 2, "offset": 41, "key": "1001", "rejected_at": "2025-05-01T12:00:00.000+00:00",
-        "payload": raw.decode(),
-    }
-
-
-def test_the_dead_letter_keeps_binary_payloads_as_base64():
-    raw = b"\xff\x00binary"
-    record = json.loads(sm.dead_letter(raw, None, check(raw), "driver_stats", 0, 0, NOW))
-    assert record["payload"] is None and base64.b64decode(record["payload_base64"]) == raw
-
-
-def test_format_timestamp_refuses_naive_datetimes():
-    with pytest.raises(ValueError, match="timezone-aware"):
-        sm.format_timestamp(datetime(2025, 5, 1))
+    assert sm.validate(None, None, NOW).reason_class == messages.UNPARSEABLE
 
 
 def test_every_planted_invalid_kind_is_refused_with_that_reason_class():
@@ -142,7 +121,7 @@ def test_every_planted_invalid_kind_is_refused_with_that_reason_class():
     assert isinstance(sm.validate(json.dumps(valid_message(row, NOW)).encode(), b"1001", NOW), sm.DriverStats)
     for kind in INVALID_KINDS:
         result = sm.validate(invalid_payload(kind, row, NOW), b"1001", NOW)
-        assert isinstance(result, sm.Rejection) and result.reason_class == kind, (kind, result)
+        assert isinstance(result, messages.Rejection) and result.reason_class == kind, (kind, result)
 
 
 def test_newest_per_driver_keeps_the_latest_event_not_the_last_message():

@@ -9,12 +9,10 @@ import socket
 import stat
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from mlops_platform import process_tree, supervisor
-from mlops_platform.settings import load_settings
 from mlops_platform.supervision_events import Listener
 from tests.conftest import eventually
 
@@ -22,11 +20,8 @@ SECRET = "secret-value-that-must-stay-in-files"
 
 
 @pytest.fixture
-def settings(tmp_path: Path):
-    secrets = {key: "x" for key in ("REDIS_PASSWORD", "AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_FERNET_KEY",
-                                    "AIRFLOW_SECRET_KEY", "SERVING_API_TOKEN")}
-    return load_settings({**os.environ, **secrets, "PLATFORM_HOME": str(tmp_path), "POSTGRES_PASSWORD": SECRET},
-                         tmp_path / "none")
+def settings(make_settings):
+    return make_settings(POSTGRES_PASSWORD=SECRET, SERVING_API_TOKEN="x")
 
 
 def test_program_files_are_private_and_its_command_line_holds_no_secret(settings):

@@ -14,12 +14,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from mlops_platform.settings import load_settings
-from model_serving import traffic
+from simulation import traffic
+from tests.conftest import build_settings
 
-SETTINGS = load_settings({"POSTGRES_PASSWORD": "x", "REDIS_PASSWORD": "x", "AIRFLOW_ADMIN_PASSWORD": "x",
-                          "AIRFLOW_FERNET_KEY": "x", "AIRFLOW_SECRET_KEY": "x", "SERVING_AUTH": "off",
-                          "SERVING_HOST": "serving", "SERVING_PORT": "8000"})
+SETTINGS = build_settings(SERVING_AUTH="off", SERVING_HOST="serving", SERVING_PORT="8000")
 GOOD, POOR = (0.9, 0.95, 30.0), (0.1, 0.3, 2.0)
 
 

@@ -24,7 +24,8 @@ def test_parsing_the_dag_loads_no_step_feast_or_mlflow_and_reads_no_settings():
              "import mlops_platform.settings as s\n"
              "s.get_settings = lambda: (_ for _ in ()).throw(AssertionError('settings read at parse time'))\n"
              "runpy.run_path('airflow/dags/training.py')\n"
-             "print(sorted(m for m in ('training_pipeline.flow', 'feast', 'mlflow', 'sklearn') if m in sys.modules))")
+             "steps = ('training_pipeline.flow', 'training_pipeline.final_model', 'training_pipeline.promotion')\n"
+             "print(sorted(m for m in (*steps, 'feast', 'mlflow', 'sklearn') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
                             env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     assert result.returncode == 0, result.stderr[-2000:]

@@ -8,12 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from feast_repo.features import FEATURE_NAMES
 from training_pipeline import comparison, dataset, model, registry
 from training_pipeline.config import ConfigError, build_config, check_features, seed_for
 from training_pipeline.training_set import TrainingSetError, ViewPlan, canonical, point_in_time_sql
 
 URI = "http://127.0.0.1:5000"
-FEATURES = ["conv_rate", "acc_rate", "avg_daily_trips"]
+FEATURES = list(FEATURE_NAMES)
 
 
 def frame(rows: int = 200, seed: int = 0) -> pd.DataFrame:

@@ -1,8 +1,8 @@
 """Replay driver statistics into the `driver_stats` topic at a fixed rate, as a live source would.
 
-    python -m data_pipeline.stream_producer --rate 1000 --duration 30
-    python -m data_pipeline.stream_producer --rate 200 --count 5000 --from-file landed.parquet
-    python -m data_pipeline.stream_producer --rate 50 --count 500 --invalid-share 0.1 --seed 7
+    python -m simulation.stream_producer --rate 1000 --duration 30
+    python -m simulation.stream_producer --rate 200 --count 5000 --from-file landed.parquet
+    python -m simulation.stream_producer --rate 50 --count 500 --invalid-share 0.1 --seed 7
 
 Rows come from a parquet/CSV file of stats (cycled as often as needed) or, without --from-file, from
 a small seeded generator. Every message is stamped event_timestamp = produced_at = send time: this is
@@ -27,12 +27,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from data_pipeline.stream_messages import format_timestamp, message_key
+from data_pipeline.stream_messages import message_key
 from data_pipeline.stream_topics import ensure_topics
+from feast_repo.features import FEATURE_NAMES, JOIN_KEY
+from mlops_platform.messages import format_timestamp
 from mlops_platform.settings import Settings, get_settings
 
 FIRST_DRIVER_ID = 1001
-STATS_FIELDS = ("driver_id", "conv_rate", "acc_rate", "avg_daily_trips")
+STATS_FIELDS = (JOIN_KEY, *FEATURE_NAMES)
 INVALID_KINDS = ("unparseable_json", "missing_field", "wrong_type", "out_of_range", "future_timestamp",
                  "bad_timestamp")
 
@@ -207,7 +209,7 @@ def _share(text: str) -> float:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m data_pipeline.stream_producer", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m simulation.stream_producer", description=__doc__.split("\n")[0])
     parser.add_argument("--rate", type=_positive(float), required=True, help="events per second")
     amount = parser.add_mutually_exclusive_group(required=True)
     amount.add_argument("--count", type=_positive(int), help="messages to send")

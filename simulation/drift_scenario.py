@@ -1,10 +1,10 @@
 """A drift scenario to watch the monitoring react: traffic through the running API on drivers of its own.
 
     bash run.sh scenario --drifted|--normal --requests N --rate R [--drivers 100] [--seed 0]
-    (python -m monitoring_service.scenario ... in local mode; run.sh runs it in the container in docker mode)
+    (python -m simulation.drift_scenario ... in local mode; run.sh runs it in the container in docker mode)
 
 It writes fresh stats for drivers SCENARIO_FIRST_ID.. into the offline and the online store, then runs
-bookings (model_serving.traffic) against the configured serving URL with those drivers as candidates.
+bookings (simulation.traffic) against the configured serving URL with those drivers as candidates.
 `--normal` draws stats the way the data generator does and outcomes from the generator's link, so
 drift stays low and live error is the model's usual. `--drifted` pushes conv_rate up to 0.9-1.0,
 acc_rate down to 0.05-0.2 and avg_daily_trips up to 50-80, far from any training reference, so a
@@ -25,8 +25,9 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 
+from feast_repo.features import CREATED_FIELD, FEATURE_NAMES, JOIN_KEY, TIMESTAMP_FIELD
 from mlops_platform.settings import Settings, get_settings
-from model_serving.traffic import MAX_RATE, TrafficConfig, _bounded, check_target, run_traffic
+from simulation.traffic import MAX_RATE, TrafficConfig, _bounded, check_target, run_traffic
 
 SCENARIO_FIRST_ID = 9_500_000
 MAX_DRIVERS = 1_000
@@ -36,7 +37,7 @@ MAX_SCENARIO_REQUESTS = 10_000
 
 
 def normal_stats(driver_ids: Sequence[int], rng: np.random.Generator) -> pd.DataFrame:
-    """Stats as data_pipeline.generate draws them for one hour: what a model trained on it has seen."""
+    """Stats as simulation.generate draws them for one hour: what a model trained on it has seen."""
     quality = rng.normal(0.0, 1.0, len(driver_ids))
     sigmoid = lambda x: 1.0 / (1.0 + np.exp(-x))  # noqa: E731
     return pd.DataFrame({
@@ -59,17 +60,18 @@ def drifted_stats(driver_ids: Sequence[int], rng: np.random.Generator) -> pd.Dat
 
 def write_driver_stats(settings: Settings, stats: pd.DataFrame, at: datetime, source: str = SOURCE) -> int:
     """Store the stats as the drivers' newest row at `at`, offline and online; returns rows written online."""
-    from data_pipeline.materialize import feature_store, write_rows
-    from data_pipeline.offline_store import STATS_TABLE, connect, ensure_schema
+    from data_pipeline.materialize import write_rows
+    from data_pipeline.offline_store import STATS_COLUMNS, STATS_TABLE, ensure_schema
+    from mlops_platform.feature_store import feature_store
+    from mlops_platform.postgres import connect
 
     ensure_schema(settings)
-    rows = [(int(r.driver_id), at, at, float(r.conv_rate), float(r.acc_rate), int(r.avg_daily_trips), source)
-            for r in stats.itertuples()]
+    offline = stats.assign(**{TIMESTAMP_FIELD: at, CREATED_FIELD: at})[list(STATS_COLUMNS)]
+    rows = [(*values, source) for values in offline.astype(object).itertuples(index=False, name=None)]
     with connect(settings) as conn, conn.cursor() as cur:
-        cur.executemany(f"insert into {STATS_TABLE} (driver_id, event_timestamp, created, conv_rate, acc_rate, "
-                        "avg_daily_trips, source) values (%s, %s, %s, %s, %s, %s, %s)", rows)
-    online = stats.assign(event_us=int(at.timestamp() * 1_000_000))[
-        ["driver_id", "event_us", "conv_rate", "acc_rate", "avg_daily_trips"]]
+        cur.executemany(f"insert into {STATS_TABLE} ({', '.join(STATS_COLUMNS)}, source) "
+                        f"values ({', '.join(['%s'] * (len(STATS_COLUMNS) + 1))})", rows)
+    online = stats.assign(event_us=int(at.timestamp() * 1_000_000))[[JOIN_KEY, "event_us", *FEATURE_NAMES]]
     written, _older = write_rows(feature_store(settings), online)
     return written
 
@@ -81,7 +83,7 @@ def outcome_features(stats: pd.DataFrame, drifted: bool) -> dict[int, tuple[floa
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m monitoring_service.scenario", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m simulation.drift_scenario", description=__doc__.split("\n")[0])
     kind = parser.add_mutually_exclusive_group(required=True)
     kind.add_argument("--drifted", action="store_true", help="shifted features, outcomes that defy the model")
     kind.add_argument("--normal", action="store_true", help="features and outcomes as in training")

@@ -1,11 +1,11 @@
 """Simulated bookings against the running API, with outcomes reported back: live traffic and live labels.
 
-    python -m model_serving.traffic --requests 500 --rate 20 [--drivers-per-request 5] [--label-delay 2] [--seed 0]
+    python -m simulation.traffic --requests 500 --rate 20 [--drivers-per-request 5] [--label-delay 2] [--seed 0]
 
 Each booking asks POST /predict to rank K candidate drivers (drawn from the drivers with stats within
 the feature TTL, the ones the online store can know), assigns the best one, and `--label-delay`
 seconds later posts /feedback with whether that driver completed the trip. The outcome is drawn the
-way the data generator draws its labels (data_pipeline.generate): P(completed) =
+way the data generator draws its labels (simulation.generate): P(completed) =
 sigmoid(completion_logit(driver's latest stats) + N(0, 0.5)), so live labels carry the same signal
 the model was trained on, and live ROC AUC means something.
 
@@ -32,14 +32,15 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from data_pipeline.generate import completion_logit
+from feast_repo.features import FEATURE_TTL
 from mlops_platform.settings import Settings, get_settings
+from simulation.generate import completion_logit
 
 MAX_REQUESTS = 100_000
 MAX_RATE = 1_000.0
 MAX_LABEL_DELAY = 3_600.0
-LABEL_NOISE = 0.5  # the label noise data_pipeline.generate.generate_orders draws with by default
-RECENT = timedelta(days=2)  # the feature view's TTL: older stats are not served online
+LABEL_NOISE = 0.5  # the label noise simulation.generate.generate_orders draws with by default
+RECENT = FEATURE_TTL  # older stats are not served online
 HTTP_TIMEOUT_SECONDS = 10.0
 MAX_IN_FLIGHT = 64
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -164,7 +165,8 @@ class Tally:
 # ---------------------------------------------------------------------------------------------
 def recent_drivers(settings: Settings, within: timedelta = RECENT, limit: int = 10_000) -> dict[int, Features]:
     """Each driver with stats in the last `within`, and its newest stats (what the online store serves)."""
-    from data_pipeline.offline_store import STATS_TABLE, connect
+    from data_pipeline.offline_store import STATS_TABLE
+    from mlops_platform.postgres import connect
 
     with connect(settings) as conn, conn.cursor() as cur:
         cur.execute(f"select distinct on (driver_id) driver_id, conv_rate, acc_rate, avg_daily_trips "
@@ -260,7 +262,7 @@ def _bounded(kind, low, high, name: str):
 
 
 def parse_args(argv: Sequence[str], settings: Settings) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m model_serving.traffic",
+    parser = argparse.ArgumentParser(prog="python -m simulation.traffic",
                                      description="Simulated bookings and their outcomes against the serving API.")
     parser.add_argument("--requests", required=True, type=_bounded(int, 1, MAX_REQUESTS, "--requests"))
     parser.add_argument("--rate", required=True, type=_bounded(float, 0.01, MAX_RATE, "--rate"),
@@ -285,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     drivers = recent_drivers(settings)
     if not drivers:
         print(f"error: expected drivers with stats in the last {RECENT}, found none in the offline store: "
-              "ingest or stream fresh stats first (`python -m data_pipeline.generate`, the data_ingestion DAG)",
+              "ingest or stream fresh stats first (`python -m simulation.generate`, the data_ingestion DAG)",
               file=sys.stderr)
         return 1
     config = TrafficConfig(args.requests, args.rate, args.drivers_per_request, args.label_delay, args.seed)

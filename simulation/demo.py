@@ -69,13 +69,8 @@ def run_dag(airflow, settings, dag_id: str, timeout: float, conf: dict | None = 
     return None
 
 
-def main() -> int:
-    from data_pipeline.generate import generate
-    from mlops_platform.airflow_client import AirflowClient
-    from training_pipeline.registry import champion_version
-
-    settings = get_settings()
-    airflow = AirflowClient.from_settings(settings)
+def land_raw_files(settings: Settings) -> None:
+    from simulation.generate import generate
 
     started = step(f"Generate {DEMO_DRIVERS} drivers x {DEMO_DAYS} days of raw files into {settings.landing_dir}")
     summary = generate(drivers=DEMO_DRIVERS, days=DEMO_DAYS, end=date.today(), seed=DEMO_SEED,
@@ -83,43 +78,65 @@ def main() -> int:
     planted = sum(len(d.planted) for d in summary.datasets.values())
     done(started, f"{sum(d.rows_written for d in summary.datasets.values()):,} rows, {planted} planted bad rows")
 
+
+def ingest(airflow, settings: Settings) -> bool:
     started = step("Ingest through Airflow: DAG `data_ingestion` (validate, load the offline store, quarantine)")
     run_id = run_dag(airflow, settings, "data_ingestion", timeout=600, conf={"scope": "all"})
     if run_id is None:
-        return 1
+        return False
     totals = [airflow.xcom("data_ingestion", run_id, task) for task in ("ingest_driver_stats", "ingest_orders")]
     done(started, f"run {run_id}: {sum(t['rows_loaded'] for t in totals):,} rows loaded, "
                   f"{sum(t['rows_quarantined'] for t in totals)} quarantined, "
                   f"{sum(t['files_skipped'] for t in totals)} files already loaded before")
+    return True
 
+
+def materialize(airflow, settings: Settings) -> bool:
     started = step("Materialize through Airflow: DAG `feature_materialization` (newest features -> Redis)")
     run_id = run_dag(airflow, settings, "feature_materialization", timeout=600, conf={"lookback_hours": 72})
     if run_id is None:
-        return 1
+        return False
     report = airflow.xcom("feature_materialization", run_id, "materialize")
     done(started, f"run {run_id}: {report['rows_written']:,} drivers written online")
+    return True
 
+
+def champion(settings: Settings) -> str:
+    """The version number of the model the serving API is to load; NoChampion when training promoted none."""
+    from mlops_platform import model_registry
+
+    client = model_registry.client(settings.mlflow_tracking_uri)
+    return model_registry.champion(client, settings.model_name, settings.model_alias).version
+
+
+def train(airflow, settings: Settings) -> bool:
     started = step("Train through Airflow: DAG `training` (cross-validation, registry, champion/challenger)")
     run_id = run_dag(airflow, settings, "training", timeout=1200)
     if run_id is None:
-        return 1
-    champion = champion_version(settings.model_name)
-    version = getattr(champion, "version", champion)
-    done(started, f"run {run_id}: success; {settings.model_name}@{settings.model_alias} is version {version}")
+        return False
+    done(started, f"run {run_id}: success; {settings.model_name}@{settings.model_alias} is version "
+                  f"{champion(settings)}")
+    return True
 
+
+def score_in_batch(airflow, settings: Settings) -> bool:
     started = step("Batch scoring through Airflow: DAG `batch_serving`")
     run_id = run_dag(airflow, settings, "batch_serving", timeout=600)
     if run_id is None:
-        return 1
+        return False
     done(started, f"run {run_id}: success")
+    return True
 
+
+def rank_drivers_online(settings: Settings) -> bool:
+    """A booking's five candidates ranked by the API once it serves the new champion, and its outcome sent."""
     started = step("Online API: rank five candidate drivers for a booking")
-    wait_for_model(settings, str(version))
+    wait_for_model(settings, champion(settings))
     candidates = [1001 + i * 7 for i in range(5)]
     status, answer = api(settings, "/predict", {"request_id": f"demo-{int(time.time())}", "driver_ids": candidates})
     if status != 200:
         print(f"error: /predict answered {status}: {answer}", file=sys.stderr)
-        return 1
+        return False
     scores = {s["driver_id"]: s["score"] for s in answer["scores"]}
     for rank, driver in enumerate(answer["ranking"], start=1):
         print(f"    {rank}. driver {driver}  score {scores[driver]:.4f}")
@@ -128,10 +145,11 @@ def main() -> int:
     best = answer["best_driver_id"]
     status, _ = api(settings, "/feedback", {"request_id": answer["request_id"], "driver_id": best, "trip_completed": 1})
     done(started, f"outcome of the booking sent to /feedback: {status}")
+    return True
 
-    if settings.mode == "docker":
-        return 0  # run.sh prints the URLs as the host sees them (`bash run.sh urls`)
-    print(f"""
+
+def where_to_look(settings: Settings) -> str:
+    return f"""
 ==> Where to look
     Airflow      {settings.airflow_url}   (user {settings.airflow_admin_user}, password: AIRFLOW_ADMIN_PASSWORD, .env)
     MLflow       {settings.mlflow_tracking_uri}   (experiment and model {settings.model_name})
@@ -140,7 +158,22 @@ def main() -> int:
     Kafka        {settings.kafka_bootstrap_servers}   (topics {settings.driver_stats_topic}, {
         settings.predictions_topic})
     Grafana, Kibana, Jenkins: docker mode only (bash run.sh all up --mode docker on a machine with Docker)
-    Status: bash run.sh all status    Logs: bash run.sh <stack> logs    Stop: bash run.sh all down""")
+    Status: bash run.sh all status    Logs: bash run.sh <stack> logs    Stop: bash run.sh all down"""
+
+
+def main() -> int:
+    from mlops_platform.airflow_client import AirflowClient
+
+    settings = get_settings()
+    airflow = AirflowClient.from_settings(settings)
+    land_raw_files(settings)
+    for run_pipeline in (ingest, materialize, train, score_in_batch):
+        if not run_pipeline(airflow, settings):
+            return 1
+    if not rank_drivers_online(settings):
+        return 1
+    if settings.mode != "docker":  # in docker mode run.sh prints the URLs as the host sees them (`bash run.sh urls`)
+        print(where_to_look(settings))
     return 0
 
 

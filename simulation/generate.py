@@ -10,7 +10,7 @@ with a configurable share of planted bad rows (nulls, out-of-range values, negat
 keys, unparseable timestamps) so that validation and quarantine are exercised on every run. Everything
 is vectorised with numpy and seeded: the same arguments give the same files, byte for byte.
 
-    python -m data_pipeline.generate --drivers 1000 --days 90 --seed 7
+    python -m simulation.generate --drivers 1000 --days 90 --seed 7
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 
 from data_pipeline.landing import FILE_FORMATS, landing_file, write_atomically
 from data_pipeline.validate import COLUMNS, ORDERS, STATS
+from feast_repo.features import FEATURE_NAMES
 
 FIRST_DRIVER_ID = 1001
 DEFAULT_BAD_ROW_RATE = 0.01
@@ -129,7 +130,7 @@ def generate_orders(stats: pd.DataFrame, seed: int = 0, orders_per_day: float = 
     hour = day * 24 + second // 3600
     row = hour * len(drivers) + driver  # the stats row at the order's hour: the latest at or before it
 
-    features = {c: ordered[c].to_numpy()[row] for c in ("conv_rate", "acc_rate", "avg_daily_trips")}
+    features = {c: ordered[c].to_numpy()[row] for c in FEATURE_NAMES}
     logit = completion_logit(**features) + rng.normal(0.0, label_noise, size=len(cell))
     completed = (rng.random(len(cell)) < _sigmoid(logit)).astype(np.int64)
     event_timestamp = hours[day * 24] + second.astype("timedelta64[s]")
@@ -330,7 +331,7 @@ def generate(drivers: int = 1000, days: int = 90, end: date | datetime | str | N
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data_pipeline.generate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m simulation.generate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--drivers", type=int, default=1000, help="number of drivers, ids from 1001 (default 1000)")
     parser.add_argument("--days", type=int, default=90, help="days of hourly data (default 90)")
     parser.add_argument("--end", help="first day after the data, ISO date (default: today, UTC)")
