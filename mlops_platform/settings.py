@@ -185,6 +185,11 @@ class Settings:
     live_rmse_threshold: float = setting("LIVE_RMSE_THRESHOLD", number)
     retrain_sustain_minutes: float = setting("RETRAIN_SUSTAIN_MINUTES", number)
     retrain_cooldown_minutes: float = setting("RETRAIN_COOLDOWN_MINUTES", number)
+    rollout_confidence: float = setting("ROLLOUT_CONFIDENCE", share)
+    rollout_min_outcomes: int = setting("ROLLOUT_MIN_OUTCOMES", positive)
+    rollout_max_error_rate: float = setting("ROLLOUT_MAX_ERROR_RATE", share)
+    rollout_max_p99_ms: float = setting("ROLLOUT_MAX_P99_MS", number)
+    rollout_bootstrap_samples: int = setting("ROLLOUT_BOOTSTRAP_SAMPLES", positive)
 
     prometheus_host: str = setting("PROMETHEUS_HOST")
     prometheus_port: int = setting("PROMETHEUS_PORT", port)
@@ -200,6 +205,8 @@ class Settings:
     serving_workers: int = setting("SERVING_WORKERS", workers)
     serving_max_drivers: int = setting("SERVING_MAX_DRIVERS", integer)
     model_refresh_seconds: float = setting("MODEL_REFRESH_SECONDS", number)
+    rollout_refresh_seconds: float = setting("ROLLOUT_REFRESH_SECONDS", number)
+    serving_score_threshold: float = setting("SERVING_SCORE_THRESHOLD", number)
     # Read as auto/on/off; load_settings turns it into on or off by the mode.
     serving_auth: bool = setting("SERVING_AUTH", one_of("auto", "on", "off"))
     serving_api_token: str = setting("SERVING_API_TOKEN", placeholder_default=True)

@@ -1,13 +1,17 @@
 """Where served predictions and their outcomes are kept: tables in the `feast` PostgreSQL database.
 
-- `prediction_log`: one row per (request, driver) the online API scored, with the features it used
-  (as sent, in `features`, and as columns for plain SQL) and the model version that scored it.
+- `prediction_log`: one row per (request, driver, variant) the online API scored, with the features it
+  used (as sent, in `features`, and as columns for plain SQL), the model version that scored it, and
+  its rollout part (mlops_platform.rollout): `variant` champion or challenger, `served` whether its
+  score was the one returned (a shadow challenger's is not), `rollout_id`, `latency_ms` of the variant's
+  answer, and `error` (with a null score) when the variant failed to answer that request.
 - `ground_truth`: whether the trip of a (request, driver) was completed, as reported by /feedback.
-- `labeled_predictions`: the two joined once both exist; what live monitoring (RMSE, MAE, ROC AUC)
-  reads. An outcome that arrives before its prediction waits in `ground_truth` until it joins.
+- `labeled_predictions`: the two joined once both exist, without failed rows; what live monitoring
+  (RMSE, MAE, ROC AUC, and each variant's numbers during a rollout) reads. An outcome that arrives
+  before its prediction waits in `ground_truth` until it joins.
 - `batch_predictions`: the daily batch scores, one row per (run, driver).
 
-Both logs are keyed by (request_id, driver_id) and written with ON CONFLICT DO NOTHING, so a message
+The logs are keyed by (request_id, driver_id[, variant]) and written with ON CONFLICT DO NOTHING, so a message
 delivered twice (Kafka delivers at least once) adds nothing.
 """
 
@@ -27,7 +31,7 @@ BATCH_TABLE = "batch_predictions"
 
 FEATURES = FEATURE_NAMES
 PREDICTION_COLUMNS = ("request_id", "driver_id", "features", *FEATURES, "score", "model_name", "model_version",
-                      "predicted_at")
+                      "predicted_at", "variant", "served", "rollout_id", "latency_ms", "error")
 GROUND_TRUTH_COLUMNS = ("request_id", "driver_id", "trip_completed", "observed_at")
 BATCH_COLUMNS = ("run_id", "driver_id", "event_timestamp", "score", "model_name", "model_version")
 
@@ -39,14 +43,37 @@ create table if not exists {PREDICTIONS_TABLE} (
     conv_rate        double precision,
     acc_rate         double precision,
     avg_daily_trips  double precision,
-    score            double precision not null,
+    score            double precision,
     model_name       text             not null,
     model_version    text             not null,
     predicted_at     timestamptz      not null,
     logged_at        timestamptz      not null default now(),
-    primary key (request_id, driver_id)
+    variant          text             not null default 'champion',
+    served           boolean          not null default true,
+    rollout_id       text,
+    latency_ms       double precision,
+    error            text,
+    primary key (request_id, driver_id, variant),
+    check ((score is null) = (error is not null))
 );
 create index if not exists {PREDICTIONS_TABLE}_predicted_at_idx on {PREDICTIONS_TABLE} (predicted_at);
+create index if not exists {PREDICTIONS_TABLE}_rollout_idx on {PREDICTIONS_TABLE} (rollout_id)
+    where rollout_id is not null;
+-- a log made before rollouts: one champion row per (request, driver), kept as it was
+alter table {PREDICTIONS_TABLE} add column if not exists variant text not null default 'champion';
+alter table {PREDICTIONS_TABLE} add column if not exists served boolean not null default true;
+alter table {PREDICTIONS_TABLE} add column if not exists rollout_id text;
+alter table {PREDICTIONS_TABLE} add column if not exists latency_ms double precision;
+alter table {PREDICTIONS_TABLE} add column if not exists error text;
+alter table {PREDICTIONS_TABLE} alter column score drop not null;
+do $$ begin
+    if not exists (select 1 from pg_index i join pg_attribute a on a.attrelid = i.indrelid
+                   and a.attnum = any(i.indkey)
+                   where i.indrelid = '{PREDICTIONS_TABLE}'::regclass and i.indisprimary and a.attname = 'variant') then
+        alter table {PREDICTIONS_TABLE} drop constraint {PREDICTIONS_TABLE}_pkey;
+        alter table {PREDICTIONS_TABLE} add primary key (request_id, driver_id, variant);
+    end if;
+end $$;
 
 create table if not exists {GROUND_TRUTH_TABLE} (
     request_id       text        not null,
@@ -61,9 +88,10 @@ create index if not exists {GROUND_TRUTH_TABLE}_observed_at_idx on {GROUND_TRUTH
 create or replace view {LABELED_VIEW} as
 select p.request_id, p.driver_id, p.conv_rate, p.acc_rate, p.avg_daily_trips, p.score, p.model_name,
        p.model_version, p.predicted_at, g.trip_completed, g.observed_at,
-       g.observed_at - p.predicted_at as label_delay
+       g.observed_at - p.predicted_at as label_delay, p.variant, p.served, p.rollout_id, p.latency_ms
 from {PREDICTIONS_TABLE} p
-join {GROUND_TRUTH_TABLE} g using (request_id, driver_id);
+join {GROUND_TRUTH_TABLE} g using (request_id, driver_id)
+where p.error is null;
 
 create table if not exists {BATCH_TABLE} (
     run_id           text             not null,
@@ -73,13 +101,23 @@ create table if not exists {BATCH_TABLE} (
     model_name       text             not null,
     model_version    text             not null,
     created_at       timestamptz      not null default now(),
-    primary key (run_id, driver_id)
+    variant          text             not null default 'champion',
+    primary key (run_id, driver_id, variant)
 );
 create index if not exists {BATCH_TABLE}_event_timestamp_idx on {BATCH_TABLE} (event_timestamp);
+alter table {BATCH_TABLE} add column if not exists variant text not null default 'champion';
+do $$ begin
+    if not exists (select 1 from pg_index i join pg_attribute a on a.attrelid = i.indrelid
+                   and a.attnum = any(i.indkey)
+                   where i.indrelid = '{BATCH_TABLE}'::regclass and i.indisprimary and a.attname = 'variant') then
+        alter table {BATCH_TABLE} drop constraint {BATCH_TABLE}_pkey;
+        alter table {BATCH_TABLE} add primary key (run_id, driver_id, variant);
+    end if;
+end $$;
 """
 
 _INSERT_PREDICTIONS = (f"insert into {PREDICTIONS_TABLE} ({', '.join(PREDICTION_COLUMNS)}) values %s "
-                       "on conflict (request_id, driver_id) do nothing")
+                       "on conflict (request_id, driver_id, variant) do nothing")
 _INSERT_GROUND_TRUTH = (f"insert into {GROUND_TRUTH_TABLE} ({', '.join(GROUND_TRUTH_COLUMNS)}) values %s "
                         "on conflict (request_id, driver_id) do nothing")
 _INSERT_BATCH = f"insert into {BATCH_TABLE} ({', '.join(BATCH_COLUMNS)}) values %s"
