@@ -34,6 +34,13 @@ Platform
   bash run.sh scenario --drifted|--normal [--requests N] [--rate R]
                           bookings through the running API, drifted or not, to watch the dashboards,
                           alerts and retraining trigger react
+  bash run.sh scenario --rollout better|worse [--rate R]
+                          plant a better or worse challenger, canary it at 10 % and send labelled traffic
+                          until the monitoring service promotes or rolls it back; prints the evidence
+  bash run.sh rollout start --mode canary|shadow|ab [--share S] [--version V] [--outcomes N] [--hours H]
+  bash run.sh rollout status|promote|rollback [--reason TEXT] [--json]
+                          try the challenger on live traffic; status shows the last comparison,
+                          aliases and events; promote/rollback move @champion by hand
 
 Development
   bash run.sh test [unit|services|faults|docker|all] [pytest args]
@@ -370,16 +377,28 @@ cmd_deploy() {
   fi
 }
 
+platform_python() {  # platform_python MODULE ARGS...: a module of ours where the platform runs
+  if [[ "$MODE" == docker ]]; then
+    # Inside the monitoring service's container: our code, and the service names resolve.
+    compose --profile monitoring exec -T monitoring-service python -m "$@"
+  else
+    [[ -x "$VENV_PY" ]] || cmd_setup
+    "$VENV_PY" -m "$@"
+  fi
+}
+
 cmd_scenario() {
   ensure_env_file
   resolve_mode
-  if [[ "$MODE" == docker ]]; then
-    # Inside the monitoring service's container: our code, and the service names resolve.
-    compose --profile monitoring exec -T monitoring-service python -m simulation.drift_scenario "$@"
-  else
-    [[ -x "$VENV_PY" ]] || cmd_setup
-    "$VENV_PY" -m simulation.drift_scenario "$@"
-  fi
+  local module=simulation.drift_scenario
+  [[ " $* " == *" --rollout "* || " $* " == *" --rollout="* ]] && module=simulation.rollout_scenario
+  platform_python "$module" "$@"
+}
+
+cmd_rollout() {
+  ensure_env_file
+  resolve_mode >&2  # stdout is the command's answer (`--json` prints one document)
+  platform_python mlops_platform.rollout_cli "$@"
 }
 
 cmd_demo() {
@@ -421,6 +440,7 @@ main() {
     deploy) cmd_deploy ;;
     demo) shift; cmd_demo "$@" ;;
     scenario) shift; cmd_scenario "$@" ;;
+    rollout) shift; cmd_rollout "$@" ;;
     *)
       local stack="$1" verb="${2:-}"
       if [[ "$stack" != all && " $STACKS " != *" $stack "* ]]; then
