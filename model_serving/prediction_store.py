@@ -57,8 +57,6 @@ create table if not exists {PREDICTIONS_TABLE} (
     check ((score is null) = (error is not null))
 );
 create index if not exists {PREDICTIONS_TABLE}_predicted_at_idx on {PREDICTIONS_TABLE} (predicted_at);
-create index if not exists {PREDICTIONS_TABLE}_rollout_idx on {PREDICTIONS_TABLE} (rollout_id)
-    where rollout_id is not null;
 -- a log made before rollouts: one champion row per (request, driver), kept as it was
 alter table {PREDICTIONS_TABLE} add column if not exists variant text not null default 'champion';
 alter table {PREDICTIONS_TABLE} add column if not exists served boolean not null default true;
@@ -74,6 +72,8 @@ do $$ begin
         alter table {PREDICTIONS_TABLE} add primary key (request_id, driver_id, variant);
     end if;
 end $$;
+create index if not exists {PREDICTIONS_TABLE}_rollout_idx on {PREDICTIONS_TABLE} (rollout_id)
+    where rollout_id is not null;
 
 create table if not exists {GROUND_TRUTH_TABLE} (
     request_id       text        not null,
