@@ -35,6 +35,9 @@ EXIT_REFUSED = 2
 EXIT_UNAVAILABLE = 1
 DEFAULT_EVENTS = 10
 MAX_EVENTS = 1000
+VERB_HELP = {"promote": "the challenger becomes the champion",
+             "rollback": "end the rollout, or give @champion back to @previous_champion"}
+DEFAULT_REASONS = {"start": "started by hand", "promote": "promoted by hand", "rollback": "rolled back by hand"}
 
 
 def actor() -> str:
@@ -72,7 +75,8 @@ def parser() -> argparse.ArgumentParser:
                                   description="Try a challenger on live traffic, then promote or roll it back.")
     verbs = cli.add_subparsers(dest="action", required=True, metavar="start|status|promote|rollback")
 
-    start = verbs.add_parser("start", parents=[common], help="start a rollout of the challenger, or change the running one's mode/share")
+    start = verbs.add_parser("start", parents=[common],
+                             help="start a rollout of the challenger, or change the running one's mode and share")
     start.add_argument("--mode", required=True, choices=ROLLOUT_MODES)
     start.add_argument("--share", type=_bounded(float, 0.0, 1.0, "--share"), default=None,
                        help="the challenger's part of the answers (canary 0.1, ab 0.5 by default)")
@@ -81,15 +85,15 @@ def parser() -> argparse.ArgumentParser:
                        help="ab: labelled outcomes per variant the test runs for")
     start.add_argument("--hours", type=_bounded(float, 0.0, 24 * 365, "--hours", low_open=True), default=None,
                        help="ab: hours the test runs for at most")
-    start.add_argument("--reason", default="started by hand")
+    start.add_argument("--reason", default=DEFAULT_REASONS["start"])
 
-    status = verbs.add_parser("status", parents=[common], help="mode, versions, the last comparison, aliases and recent events")
+    status = verbs.add_parser("status", parents=[common],
+                              help="mode, versions, the last comparison, aliases and recent events")
     status.add_argument("--events", type=_bounded(int, 0, MAX_EVENTS, "--events"), default=DEFAULT_EVENTS)
 
-    for verb, default in (("promote", "promoted by hand"), ("rollback", "rolled back by hand")):
-        sub = verbs.add_parser(verb, parents=[common], help=("the challenger becomes the champion" if verb == "promote" else
-                                           "end the rollout, or give @champion back to @previous_champion"))
-        sub.add_argument("--reason", default=default)
+    for verb in ("promote", "rollback"):
+        sub = verbs.add_parser(verb, parents=[common], help=VERB_HELP[verb])
+        sub.add_argument("--reason", default=DEFAULT_REASONS[verb])
     return cli
 
 
@@ -116,16 +120,18 @@ def aliases(mlflow_client, model_name: str, champion_alias: str) -> dict[str, st
             for alias in (champion_alias, CHALLENGER_ALIAS, PREVIOUS_CHAMPION_ALIAS)}
 
 
-def do_start(settings: Settings, mlflow_client, model_name: str, args: argparse.Namespace) -> dict[str, Any]:
+def do_start(settings: Settings, mlflow_client, model_name: str, args: argparse.Namespace,
+             who: str) -> dict[str, Any]:
     from mlops_platform import rollout_store
 
     rollout = rollout_store.start(settings, mlflow_client, model_name, args.mode, share=args.share,
                                   challenger_version=args.version, max_outcomes=args.outcomes, hours=args.hours,
-                                  actor=actor(), reason=args.reason)
+                                  actor=who, reason=args.reason)
     return {"action": "start", "rollout": rollout.as_dict()}
 
 
-def do_status(settings: Settings, mlflow_client, model_name: str, args: argparse.Namespace) -> dict[str, Any]:
+def do_status(settings: Settings, mlflow_client, model_name: str, args: argparse.Namespace,
+              who: str) -> dict[str, Any]:
     from mlops_platform import rollout_store
 
     rollout_store.ensure_schema(settings)
@@ -138,7 +144,8 @@ def do_status(settings: Settings, mlflow_client, model_name: str, args: argparse
             "events": rollout_store.history(settings, model_name, args.events) if args.events else []}
 
 
-def do_promote(settings: Settings, mlflow_client, model_name: str, args: argparse.Namespace) -> dict[str, Any]:
+def do_promote(settings: Settings, mlflow_client, model_name: str, args: argparse.Namespace,
+               who: str) -> dict[str, Any]:
     from mlops_platform import rollout_store
 
     rollout = rollout_store.current(settings, model_name)
@@ -146,16 +153,17 @@ def do_promote(settings: Settings, mlflow_client, model_name: str, args: argpars
     if rollout is not None:  # the comparison the person saw in `status`, kept with the decision
         evaluation, evaluated_at = rollout_store.last_evaluation(settings, model_name)
         evidence = {"last_evaluation": evaluation, "last_evaluated_at": evaluated_at}
-    promoted = rollout_store.promote(settings, mlflow_client, model_name, actor(), args.reason, evidence,
+    promoted = rollout_store.promote(settings, mlflow_client, model_name, who, args.reason, evidence,
                                      rollout_id=rollout.rollout_id if rollout else None)
     return {"action": "promote", "rollout": promoted.as_dict(), "champion_version": promoted.challenger_version,
             "previous_champion_version": promoted.champion_version}
 
 
-def do_rollback(settings: Settings, mlflow_client, model_name: str, args: argparse.Namespace) -> dict[str, Any]:
+def do_rollback(settings: Settings, mlflow_client, model_name: str, args: argparse.Namespace,
+                who: str) -> dict[str, Any]:
     from mlops_platform import rollout_store
 
-    return rollout_store.rollback(settings, mlflow_client, model_name, actor(), args.reason)
+    return rollout_store.rollback(settings, mlflow_client, model_name, who, args.reason)
 
 
 ACTIONS = {"start": do_start, "status": do_status, "promote": do_promote, "rollback": do_rollback}
@@ -298,12 +306,27 @@ def _fail(message: str, code: int, as_json: bool) -> int:
     return code
 
 
-def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+def run(args: argparse.Namespace, settings: Settings, who: str | None = None) -> dict[str, Any]:
+    """Do what `args` asks (as the command line parses it) as `who` (default: cli:<user>)."""
     from mlops_platform import model_registry
 
     model_registry.check_server(settings.mlflow_tracking_uri)
     mlflow_client = model_registry.polling_client(settings.mlflow_tracking_uri)
-    return ACTIONS[args.action](settings, mlflow_client, args.model or settings.model_name, args)
+    return ACTIONS[args.action](settings, mlflow_client, args.model or settings.model_name, args, who or actor())
+
+
+def perform(options: dict[str, Any], who: str, settings: Settings | None = None) -> dict[str, Any]:
+    """The same actions for callers without a command line (the model_rollout DAG): `options` holds action
+    and, as the command line names them, mode, share, version, outcomes, hours, reason and model."""
+    action = options.get("action")
+    if action not in ("start", "promote", "rollback"):
+        raise RolloutError(f"action must be one of start, promote, rollback, got {action!r}")
+    version = options.get("version")
+    args = argparse.Namespace(action=action, mode=options.get("mode"), share=options.get("share"),
+                              version=None if version in (None, "") else str(version),
+                              outcomes=options.get("outcomes"), hours=options.get("hours"),
+                              reason=options.get("reason") or DEFAULT_REASONS[action], model=options.get("model"))
+    return run(args, settings or get_settings(), who)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 
 def test_every_dag_imports_without_errors(dagbag):
     assert dagbag.import_errors == {}
@@ -48,3 +50,55 @@ def test_a_batch_run_triggered_without_a_logical_date_scores_as_of_its_trigger_t
     callable_(data_interval_end=None, run_id="manual", dag_run=SimpleNamespace(run_after=triggered))
     callable_(data_interval_end=interval_end, run_id="scheduled", dag_run=SimpleNamespace(run_after=triggered))
     assert calls == [(triggered, "manual"), (interval_end, "scheduled")]
+
+
+def test_model_rollout_runs_by_hand_with_typed_bounded_params(dagbag):
+    from airflow.sdk import Param
+    from airflow.sdk.exceptions import ParamValidationError
+
+    rollout = dagbag.dags["model_rollout"]
+    assert type(rollout.timetable).__name__ == "NullTimetable", "triggered by hand only"
+    assert rollout.max_active_runs == 1 and [t.task_id for t in rollout.tasks] == ["apply_rollout"]
+    params = rollout.params
+    assert (params["action"], params["mode"], params["share"], params["version"]) == ("start", "canary", None, None)
+
+    def resolves(key: str, value) -> bool:
+        try:
+            Param(value, **params.get_param(key).schema).resolve()
+        except ParamValidationError:
+            return False
+        return True
+
+    for key, good in (("action", "rollback"), ("mode", "ab"), ("share", 0.25), ("version", "7"), ("outcomes", 500),
+                      ("hours", 0.5), ("outcomes", None)):
+        assert resolves(key, good), (key, good)
+    for key, bad in (("action", "deploy"), ("mode", "champion"), ("share", 1.0), ("share", 0), ("outcomes", 0),
+                     ("outcomes", 2.5), ("hours", -1), ("version", 7)):
+        assert not resolves(key, bad), (key, bad)
+
+
+def test_model_rollout_passes_its_params_to_the_same_actions_as_the_cli_as_airflow(dagbag, monkeypatch):
+    import mlops_platform.rollout_cli
+
+    calls = []
+    monkeypatch.setattr(mlops_platform.rollout_cli, "perform",
+                        lambda options, who: calls.append((options, who)) or {"action": options["action"]})
+    callable_ = dagbag.dags["model_rollout"].get_task("apply_rollout").python_callable
+    assert callable_(params={"action": "promote", "reason": "weekly review"}) == {"action": "promote"}
+    assert calls == [({"action": "promote", "reason": "weekly review"}, "airflow")]
+
+
+def test_a_refused_rollout_fails_the_task_without_retrying(dagbag, monkeypatch):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    import mlops_platform.rollout_cli
+    from mlops_platform.rollout import RolloutError
+
+    def refuse(options, who):
+        raise RolloutError("no rollout of 'm' is running: nothing to promote")
+
+    monkeypatch.setattr(mlops_platform.rollout_cli, "perform", refuse)
+    task = dagbag.dags["model_rollout"].get_task("apply_rollout")
+    assert task.retries == 0
+    with pytest.raises(AirflowFailException, match="nothing to promote"):
+        task.python_callable(params={"action": "promote"})
