@@ -3,9 +3,12 @@
 The event contract (read by model_serving.prediction_logger), key = request_id, one message per event:
 
     predictions:  {"request_id", "driver_id", "features": {name: value}, "score", "model_name",
-                   "model_version", "predicted_at"}
+                   "model_version", "predicted_at", "variant", "served", "rollout_id", "latency_ms", "error"}
     ground_truth: {"request_id", "driver_id", "trip_completed", "observed_at"}
 
+A prediction event is one per scored driver and variant (mlops_platform.rollout): `variant` is champion or
+challenger, `served` whether its score was returned, `rollout_id` null outside a rollout, `latency_ms` the
+variant's answer time for the whole request, and `error` the reason a variant failed (its `score` is then null).
 Timestamps are ISO-8601 with an explicit UTC offset. A request hands over one compact record (all
 scored drivers of a /predict, or one feedback) to the event sender process as one datagram
 (`to_wire`), and the sender expands it into the messages above (`messages_from_wire`), so the
@@ -31,7 +34,7 @@ def _dumps(value: Any) -> bytes:
 
 @dataclass(frozen=True)
 class PredictionRecord:
-    """Every scored driver of one /predict request."""
+    """Every scored driver of one /predict request, by one variant (`scores` all None when it failed)."""
 
     topic: str
     request_id: str
@@ -40,8 +43,13 @@ class PredictionRecord:
     features: Sequence[str]
     driver_ids: Sequence[int]
     values: Sequence[Sequence[float | int]]
-    scores: Sequence[float]
+    scores: Sequence[float] | None  # None: the variant failed (`error` says why)
     predicted_at: float
+    variant: str = "champion"
+    served: bool = True
+    rollout_id: str | None = None
+    latency_ms: float | None = None
+    error: str | None = None
 
     @property
     def count(self) -> int:
@@ -51,7 +59,9 @@ class PredictionRecord:
         return _dumps({"type": "prediction", "topic": self.topic, "request_id": self.request_id,
                        "model_name": self.model_name, "model_version": self.model_version,
                        "features": list(self.features), "driver_ids": self.driver_ids, "values": self.values,
-                       "scores": self.scores, "predicted_at": self.predicted_at})
+                       "scores": self.scores, "predicted_at": self.predicted_at, "variant": self.variant,
+                       "served": self.served, "rollout_id": self.rollout_id, "latency_ms": self.latency_ms,
+                       "error": self.error})
 
 
 @dataclass(frozen=True)
@@ -98,11 +108,18 @@ def messages_from_wire(data: bytes) -> Messages:
     if kind == "prediction":
         at = iso_utc(record["predicted_at"])
         names = record["features"]
+        # A record spooled before rollouts existed has none of the variant fields: the champion, served.
+        variant = {"variant": record.get("variant", "champion"), "served": record.get("served", True),
+                   "rollout_id": record.get("rollout_id"), "latency_ms": record.get("latency_ms"),
+                   "error": record.get("error")}
+        scores = record["scores"]
+        if scores is None:
+            scores = [None] * len(record["driver_ids"])
         values = [_dumps({
             "request_id": request_id, "driver_id": driver_id, "features": dict(zip(names, row, strict=True)),
             "score": score, "model_name": record["model_name"], "model_version": record["model_version"],
-            "predicted_at": at,
-        }) for driver_id, row, score in zip(record["driver_ids"], record["values"], record["scores"], strict=True)]
+            "predicted_at": at, **variant,
+        }) for driver_id, row, score in zip(record["driver_ids"], record["values"], scores, strict=True)]
         return Messages(topic, key, values)
     if kind == "feedback":
         return Messages(topic, key, [_dumps({

@@ -98,9 +98,26 @@ class ServingMetrics:
         self.model_info = Gauge(PREFIX + "model_info", "1 for the model version being served, with its run id.",
                                 ["model_name", "model_version", "run_id"], multiprocess_mode="livemax",
                                 registry=registry)
+        self.variant_requests = Counter(
+            PREFIX + "variant_requests", "/predict requests each variant took part in, by variant, model version and "
+            "outcome (ok: it scored; error: it failed and the champion answered instead, or its shadow scores were "
+            "lost; fallback: the champion answered for a challenger that failed).",
+            ["variant", "model_version", "outcome"], registry=registry)
+        self.variant_latency = Histogram(PREFIX + "variant_latency_seconds", "Time a variant took to answer a "
+                                         "/predict request (feature read and scoring), by variant.", ["variant"],
+                                         buckets=LATENCY_BUCKETS, registry=registry)
+        self.shadow_skipped = Counter(PREFIX + "shadow_skipped", "Requests the shadow challenger did not score "
+                                      "because as many shadow scorings as allowed were running.", registry=registry)
+        self.rollout_info = Gauge(PREFIX + "rollout_info", "1 for the rollout mode in force (champion: none "
+                                  "running), with the rollout's id.", ["mode", "rollout_id"],
+                                  multiprocess_mode="livemax", registry=registry)
+        self.rollout_share = Gauge(PREFIX + "rollout_share", "The challenger's share of the answers (canary, ab; 0 "
+                                   "otherwise).", multiprocess_mode="livemostrecent", registry=registry)
         self.events = EventMetrics(registry)
         for reason in ("not_found", "expired"):
             self.missing.labels(reason)
+        self.rollout_info.labels("champion", "").set(1)
+        self.shadow_skipped.inc(0)
 
     def model_swapped(self, old, new) -> None:
         """Called by the model store on every swap (old is None on the first load)."""
@@ -109,6 +126,16 @@ class ServingMetrics:
         self.model_info.labels(new.name, new.version, new.run_id).set(1)
         self.model_version.labels(new.name).set(_numeric(new.version))
         self.reloads.inc()
+
+    def rollout_changed(self, old, new) -> None:
+        """Called by the rollout watcher on every change of the state (model_serving.rollout_state.RolloutView)."""
+        def labels(view) -> tuple[str, str]:
+            return (view.rollout.mode, view.rollout.rollout_id) if view.rollout else ("champion", "")
+
+        if labels(old) != labels(new):
+            self.rollout_info.labels(*labels(old)).set(0)
+        self.rollout_info.labels(*labels(new)).set(1)
+        self.rollout_share.set(new.rollout.share if new.rollout else 0.0)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text (all workers' values in multiprocess mode) and its content type."""

@@ -120,11 +120,16 @@ def load_version(name: str, version: str, run_id: str, served_features: Sequence
 
 
 class ModelStore:
-    """Holds the current champion and keeps it in step with the registry alias."""
+    """Holds the current champion and keeps it in step with the registry alias.
+
+    `held` names the other models the worker keeps loaded (a rollout's challenger): a version found there
+    or in the champion is reused, not downloaded again, so a promoted challenger takes over at once.
+    """
 
     def __init__(self, settings: Settings, served_features: Callable[[], Sequence[str] | None] = lambda: None,
                  on_swap: Callable[[LoadedModel | None, LoadedModel], None] | None = None,
-                 on_failure: Callable[[str], None] | None = None) -> None:
+                 on_failure: Callable[[str], None] | None = None,
+                 held: Callable[[], Sequence[LoadedModel | None]] = lambda: ()) -> None:
         self.name = settings.model_name
         self.alias = settings.model_alias
         self.tracking_uri = settings.mlflow_tracking_uri
@@ -132,6 +137,7 @@ class ModelStore:
         self._served_features = served_features
         self._on_swap = on_swap
         self._on_failure = on_failure
+        self._held = held
         self._current: LoadedModel | None = None
         self._client: Any = None
         self._stop = threading.Event()
@@ -156,6 +162,22 @@ class ModelStore:
         """The version the alias names now, or None when the model or the alias does not exist yet."""
         return model_registry.find_champion(self._mlflow_client(), self.name, self.alias)
 
+    def loaded(self, version: str) -> LoadedModel | None:
+        """`version` if this worker holds it already (as champion or beside it), else None."""
+        for model in (self._current, *self._held()):
+            if model is not None and model.version == version:
+                return model
+        return None
+
+    def load(self, version: str) -> LoadedModel:
+        """`version` of the served model, reusing one already held; ModelLoadError (or the registry's error)
+        when it cannot be served. Blocks for the download: call it from a background thread."""
+        held = self.loaded(version)
+        if held is not None:
+            return held
+        run_id = self._mlflow_client().get_model_version(self.name, version).run_id
+        return load_version(self.name, version, run_id, self._served_features(), self.tracking_uri)
+
     def refresh(self) -> bool:
         """Load the alias's version when it differs from the current one; True when a model was swapped in."""
         try:
@@ -177,8 +199,8 @@ class ModelStore:
             return False
         started = time.perf_counter()
         try:
-            loaded = load_version(self.name, target.version, target.run_id, self._served_features(),
-                                  self.tracking_uri)
+            loaded = self.loaded(target.version) or load_version(
+                self.name, target.version, target.run_id, self._served_features(), self.tracking_uri)
         except Exception as exc:
             self._failed = (target.version, time.monotonic())
             self.reload_failures += 1

@@ -53,6 +53,10 @@ def predict_request_model(max_drivers: int) -> type[BaseModel]:
 
         request_id: RequestId | None = Field(
             default=None, description="Your id for this request (1-64 visible ASCII characters); generated if absent.")
+        customer_id: RequestId | None = Field(
+            default=None, description="Who the request is for (1-64 visible ASCII characters). During a canary or "
+                                      "A/B rollout it picks the model variant, the same one on every request; "
+                                      "without it, the request id does.")
         driver_ids: list[DriverId] = Field(
             min_length=1, max_length=max_drivers, json_schema_extra={"uniqueItems": True},
             description=f"Drivers to rank: 1 to {max_drivers} distinct integer ids.")
@@ -73,6 +77,8 @@ class ModelRef(BaseModel):
     name: str
     version: str
     run_id: str
+    variant: Literal["champion", "challenger"] = Field(
+        description="Which side of a rollout answered: the champion (always, outside a rollout) or the challenger.")
 
 
 class DriverScore(BaseModel):

@@ -2,8 +2,9 @@
 
 `Serving` is everything a request needs, built once per worker by `build_serving`. The slow parts of
 start-up happen off the event loop: the feature definitions are read from Feast's registry on a thread
-of their own (retrying until PostgreSQL answers) and models load and swap on the model store's thread,
-so the worker answers /health at once and /ready once both are in place.
+of their own (retrying until PostgreSQL answers), models load and swap on the model store's thread, and
+the rollout state and its challenger on the rollout watcher's (model_serving.rollout_state), so the
+worker answers /health at once and /ready once the champion and the features are in place.
 """
 
 import asyncio
@@ -23,7 +24,9 @@ from model_serving.event_channel import EventChannel
 from model_serving.features import FeatureDecoder, OnlineFeatures, load_spec
 from model_serving.metrics import ServingMetrics
 from model_serving.model_store import LoadedModel, ModelStore
+from model_serving.rollout_state import RolloutWatcher
 from model_serving.served import PredictionLogLookup, RecentRequests
+from model_serving.shadow import ShadowScorer
 
 if TYPE_CHECKING:  # importing prometheus_client before main() picks the metrics mode would fix the wrong one
     from prometheus_client import CollectorRegistry
@@ -50,6 +53,8 @@ class Serving:
     recent: RecentRequests
     lookup: PredictionLogLookup
     auth: BearerAuth
+    rollout: RolloutWatcher
+    shadow: ShadowScorer
     features: OnlineFeatures | None = None
     features_problem: str = "feature definitions not loaded yet from Feast's registry"
     stop: threading.Event = field(default_factory=threading.Event)
@@ -67,15 +72,21 @@ class Serving:
 
 
 def build_serving(settings: Settings, registry: "CollectorRegistry | None") -> Serving:
-    """The worker's parts, wired: a model swap is counted and settles the heap, a failed reload is counted."""
+    """The worker's parts, wired: a model swap or a rollout change is counted and settles the heap, a failed
+    load is counted, and the champion and the challenger reuse each other's loaded versions."""
     metrics = ServingMetrics(registry)
     publisher = EventChannel(metrics.events, settings.event_spool_dir, settings.event_spool_max_bytes)
+    models = ModelStore(settings, served_features=lambda: served_features(serving),
+                        on_swap=lambda old, new: (metrics.model_swapped(old, new), settle_heap()),
+                        on_failure=lambda _reason: metrics.reload_failures.inc(),
+                        held=lambda: (serving.rollout.view.challenger,))
     serving = Serving(
         settings=settings, metrics=metrics, publisher=publisher, recent=RecentRequests(),
         lookup=PredictionLogLookup(settings), auth=BearerAuth(settings.serving_auth, settings.serving_api_token),
-        models=ModelStore(settings, served_features=lambda: served_features(serving),
-                          on_swap=lambda old, new: (metrics.model_swapped(old, new), settle_heap()),
-                          on_failure=lambda _reason: metrics.reload_failures.inc()))
+        models=models, shadow=ShadowScorer(metrics),
+        rollout=RolloutWatcher(settings, models,
+                               on_change=lambda old, new: (metrics.rollout_changed(old, new), settle_heap()),
+                               on_load_failure=lambda _reason: metrics.reload_failures.inc()))
     metrics.events.declare([settings.predictions_topic, settings.ground_truth_topic])
     return serving
 
@@ -88,6 +99,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
     threading.Thread(target=install_features, args=(serving, loop), name="feature-spec", daemon=True).start()
     serving.models.start()
+    serving.rollout.start()
     serving.publisher.start()
     log.info("serving started", extra={"model_uri": settings.model_uri, "auth": settings.serving_auth,
                                        "max_drivers": settings.serving_max_drivers,
@@ -97,6 +109,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         serving.stop.set()
         serving.models.stop()
+        serving.rollout.stop()
+        await serving.shadow.close()
         await asyncio.to_thread(serving.publisher.stop)
         if serving.features is not None:
             await serving.features.close()

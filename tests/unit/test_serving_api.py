@@ -243,7 +243,8 @@ def test_a_prediction_record_expands_into_one_contract_event_per_driver():
     first = json.loads(messages.values[0])
     assert first == {"request_id": "req-1", "driver_id": 11,
                      "features": {"conv_rate": 0.5, "acc_rate": 0.25, "avg_daily_trips": 3}, "score": 0.9,
-                     "model_name": "m", "model_version": "7", "predicted_at": "2023-11-14T22:13:20.123+00:00"}
+                     "model_name": "m", "model_version": "7", "predicted_at": "2023-11-14T22:13:20.123+00:00",
+                     "variant": "champion", "served": True, "rollout_id": None, "latency_ms": None, "error": None}
     assert datetime.fromisoformat(first["predicted_at"]).utcoffset() == timedelta(0)
 
 

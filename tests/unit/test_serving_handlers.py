@@ -71,7 +71,9 @@ def test_predict_scores_in_request_order_and_ranks_best_first_ties_by_id(app_par
     assert [s["score"] for s in body["scores"]] == expected.tolist()
     assert body["ranking"][:2] == [11, 13], "equal scores: smaller id first"
     assert body["best_driver_id"] == 11 and body["missing_driver_ids"] == [99]
-    assert body["model"] == {"name": "driver_trip_completion", "version": "3", "run_id": "run-3"}
+    assert body["model"] == {"name": "driver_trip_completion", "version": "3", "run_id": "run-3",
+                             "variant": "champion"}
+    assert response.headers["x-model-variant"] == "champion"
     assert serving.recent.contains("r-1", 12) and not serving.recent.contains("r-1", 99)
 
 
