@@ -9,7 +9,8 @@
 - `labeled_predictions`: the two joined once both exist, without failed rows; what live monitoring
   (RMSE, MAE, ROC AUC, and each variant's numbers during a rollout) reads. An outcome that arrives
   before its prediction waits in `ground_truth` until it joins.
-- `batch_predictions`: the daily batch scores, one row per (run, driver).
+- `batch_predictions`: the daily batch scores, one row per (run, driver, variant): the champion's, and
+  during a rollout (or when asked) the challenger's too, for offline comparison.
 
 The logs are keyed by (request_id, driver_id[, variant]) and written with ON CONFLICT DO NOTHING, so a message
 delivered twice (Kafka delivers at least once) adds nothing.
@@ -33,7 +34,7 @@ FEATURES = FEATURE_NAMES
 PREDICTION_COLUMNS = ("request_id", "driver_id", "features", *FEATURES, "score", "model_name", "model_version",
                       "predicted_at", "variant", "served", "rollout_id", "latency_ms", "error")
 GROUND_TRUTH_COLUMNS = ("request_id", "driver_id", "trip_completed", "observed_at")
-BATCH_COLUMNS = ("run_id", "driver_id", "event_timestamp", "score", "model_name", "model_version")
+BATCH_COLUMNS = ("run_id", "driver_id", "event_timestamp", "score", "model_name", "model_version", "variant")
 
 DDL = f"""
 create table if not exists {PREDICTIONS_TABLE} (

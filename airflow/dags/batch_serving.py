@@ -2,7 +2,8 @@
 
 One run per data interval (a day), for the moment the interval ends: point-in-time features from
 Feast's offline store, the `champion` version of MODEL_NAME, rows in `batch_predictions` and a parquet
-export under <PLATFORM_HOME>/batch_predictions/<run id>.parquet. Re-running a run replaces its rows,
+export under <PLATFORM_HOME>/batch_predictions/<run id>.parquet. While a rollout runs, the challenger
+scores every driver too (a row per driver and variant). Re-running a run replaces its rows,
 so retries, clears and backfills are safe. The steps live in model_serving.batch;
 `python -m model_serving.batch --at <ISO>` runs the same ones without Airflow.
 """

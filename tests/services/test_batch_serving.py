@@ -175,3 +175,82 @@ def test_rerunning_a_run_id_replaces_its_rows(settings, first_run, champion):
 def test_a_missing_champion_fails_clearly(settings, mlflow_up):
     with pytest.raises(NoChampion, match="alias 'champion'"):
         load_champion_model(replace(settings, model_name=f"no-such-model-{uuid.uuid4().hex[:8]}"))
+
+
+@pytest.fixture(scope="module")
+def challenger(champion, settings):
+    """A second version of the test's model, scoring differently, under the alias `challenger`."""
+    import mlflow
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(4)
+    x = pd.DataFrame({"conv_rate": rng.random(200), "acc_rate": rng.random(200),
+                      "avg_daily_trips": rng.integers(0, 60, 200).astype(np.float64)})
+    y = 0.9 - 0.4 * x["conv_rate"] + rng.normal(0, 0.05, 200)  # another model: scores differ from the champion's
+    pipeline = Pipeline([("scale", StandardScaler()), ("ridge", Ridge(alpha=0.1))]).fit(x, y)
+    client = model_registry.client(settings.mlflow_tracking_uri)
+    with mlflow.start_run(experiment_id=tracking.experiment_id(client, "batch-serving-test")):
+        info = mlflow.sklearn.log_model(pipeline, name="model", registered_model_name=champion["name"],
+                                        signature=infer_signature(x, pipeline.predict(x)))
+    client.set_registered_model_alias(champion["name"], "challenger", str(info.registered_model_version))
+    return {"version": str(info.registered_model_version), "pipeline": pipeline, "client": client}
+
+
+def run_module(model_name: str, run_id: str, *extra: str) -> dict:
+    result = subprocess.run([sys.executable, "-m", "model_serving.batch", "--at", AT.isoformat(), "--run-id", run_id,
+                             *extra], capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
+                            env=merged_env({"PYTHONPATH": str(REPO_ROOT), "MODEL_NAME": model_name}))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def variant_rows(run_id: str) -> pd.DataFrame:
+    with connect() as conn, conn.cursor() as cur:
+        cur.execute(f"select variant, driver_id, score, model_version from {BATCH_TABLE} where run_id = %s "
+                    "order by variant, driver_id", (run_id,))
+        return pd.DataFrame(cur.fetchall(), columns=["variant", "driver_id", "score", "model_version"])
+
+
+def assert_both_variants_scored(settings, run_id: str, stats, champion, challenger) -> None:
+    rows = variant_rows(run_id)
+    expected = stats["expected_features"]
+    for variant, model, version in (("champion", champion["pipeline"], champion["version"]),
+                                    ("challenger", challenger["pipeline"], challenger["version"])):
+        part = rows[rows["variant"] == variant]
+        assert list(part["driver_id"]) == sorted(expected.index), f"every active driver scored by the {variant}"
+        want = model.predict(expected.loc[part["driver_id"]].reset_index(drop=True))
+        assert part["score"].to_numpy() == pytest.approx(want, rel=1e-9, abs=1e-12)
+        assert set(part["model_version"]) == {version}
+    exported = parquet.read_table(export_path(settings, run_id)).to_pandas()
+    assert sorted(zip(exported["variant"], exported["driver_id"], strict=True)) == \
+        sorted(zip(rows["variant"], rows["driver_id"], strict=True))
+
+
+def test_asked_for_both_variants_the_challenger_scores_every_driver_too(settings, stats, champion, challenger):
+    run_id = f"variants-{uuid.uuid4().hex[:8]}"
+    report = run_module(champion["name"], run_id, "--variants", "champion,challenger")
+    assert report["versions"] == {"champion": champion["version"], "challenger": challenger["version"]}
+    assert report["scored"] == 2 * len(stats["expected_features"]) and report["rollout_id"] is None
+    assert_both_variants_scored(settings, run_id, stats, champion, challenger)
+    only_champion = run_module(champion["name"], f"champion-{run_id}")  # no rollout runs: the champion alone
+    assert only_champion["versions"] == {"champion": champion["version"]}
+    assert set(variant_rows(f"champion-{run_id}")["variant"]) == {"champion"}
+
+
+def test_while_a_rollout_runs_the_dag_scores_with_both_of_its_versions(settings, stats, champion, challenger):
+    from mlops_platform import rollout_store
+
+    rollout = rollout_store.start(replace(settings, model_name=champion["name"]), challenger["client"],
+                                  champion["name"], "shadow", actor="test", reason="batch scoring test")
+    try:
+        run_dag(settings, champion["name"])
+    finally:
+        rollout_store.rollback(replace(settings, model_name=champion["name"]), challenger["client"], champion["name"],
+                               actor="test", reason="batch scoring test done", rollout_id=rollout.rollout_id)
+    run_id = table_rows().sort_values("created_at")["run_id"].iloc[-1]
+    assert set(variant_rows(run_id)["variant"]) == {"champion", "challenger"}
+    assert_both_variants_scored(settings, run_id, stats, champion, challenger)

@@ -53,7 +53,39 @@ def test_drivers_with_incomplete_features_are_reported_not_scored():
     assert list(scored.columns) == list(BATCH_COLUMNS)
     assert scored.to_dict("records") == [{"run_id": "run-x", "driver_id": 1003, "event_timestamp": pd.Timestamp(AT),
                                           "score": 1.5, "model_name": "driver_trip_completion",
-                                          "model_version": "4"}]
+                                          "model_version": "4", "variant": "champion"}]
+
+
+class Halver(Doubler):
+    @staticmethod
+    def predict(frame: pd.DataFrame) -> np.ndarray:
+        return frame["conv_rate"].to_numpy() / 2
+
+
+def test_both_variants_score_every_driver_and_each_row_says_which_scored_it():
+    features = pd.DataFrame({"driver_id": [1002, 1001, 1003], "conv_rate": [0.5, 0.25, np.nan],
+                             "acc_rate": [0.5, 0.5, 0.5], "avg_daily_trips": [3.0, 4.0, 4.0]})
+    models = {"challenger": batch.ServedModel("driver_trip_completion", "5", "run-2", Halver()), "champion": MODEL}
+    scored, missing = batch.score_variants(models, features, AT, "run-x")
+    assert missing == [1003] and list(scored.columns) == list(BATCH_COLUMNS)
+    assert list(zip(scored["variant"], scored["model_version"], scored["driver_id"], scored["score"], strict=True)) \
+        == [("champion", "4", 1002, 1.5), ("champion", "4", 1001, 1.0),
+            ("challenger", "5", 1002, 0.25), ("challenger", "5", 1001, 0.125)]
+
+
+@pytest.mark.parametrize(("text", "variants"), [("champion", ("champion",)),
+                                                 ("champion,challenger", ("champion", "challenger")),
+                                                 (" challenger , champion,champion", ("challenger", "champion"))])
+def test_the_variants_option_names_the_champion_and_perhaps_the_challenger(text, variants):
+    assert batch.parse_variants(text) == variants
+
+
+@pytest.mark.parametrize("text", ["challenger", "champion,canary", ""])
+def test_variants_without_the_champion_or_unknown_are_refused(text):
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError, match="expected champion or champion,challenger"):
+        batch.parse_variants(text)
 
 
 def test_nothing_to_score_gives_an_empty_frame_of_the_same_shape():
