@@ -10,14 +10,20 @@ from pathlib import Path
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
 from monitoring_service.reports import list_reports
+from monitoring_service.rollout_report import list_rollout_reports
+
+
+def _links(paths: list[Path]) -> str:
+    return "".join(f'<li><a href="{html.escape(p.name)}">{html.escape(p.stem)}</a></li>' for p in paths)
 
 
 def index_page(folder: Path) -> bytes:
-    items = "".join(f'<li><a href="{html.escape(p.name)}">{html.escape(p.stem)}</a></li>'
-                    for p in list_reports(folder))
-    body = items or "<li>No report yet: a report is written for each window with enough predictions.</li>"
-    return (f"<!doctype html><title>Drift reports</title><h1>Drift reports (window end, UTC)</h1>"
-            f"<ul>{body}</ul>").encode()
+    drift = _links(list_reports(folder)) or ("<li>No report yet: a report is written for each window with "
+                                             "enough predictions.</li>")
+    rollouts = _links(list_rollout_reports(folder)) or ("<li>No rollout yet: `bash run.sh rollout start` begins "
+                                                        "one.</li>")
+    return (f"<!doctype html><title>Reports</title><h1>Rollout reports (latest first)</h1><ul>{rollouts}</ul>"
+            f"<h1>Drift reports (window end, UTC)</h1><ul>{drift}</ul>").encode()
 
 
 def make_handler(folder: Path, registry: CollectorRegistry = REGISTRY) -> type[BaseHTTPRequestHandler]:

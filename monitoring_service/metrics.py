@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from monitoring_service.drift import DriftResult
 from monitoring_service.quality import LiveQuality
 from monitoring_service.retrain_policy import REASONS
+from monitoring_service.rollout_metrics import RolloutMetrics
 
 PREFIX = "monitoring_"
 
@@ -23,7 +24,7 @@ warnings.filterwarnings("ignore", message="Clearing labels has not been implemen
 READY = PREFIX + "ready"
 # The steps of an evaluation that can fail on their own; each is exported at 0 from the start, so a
 # dashboard shows "no errors" rather than "no data".
-EVALUATION_STEPS = ("window", "champion", "drift", "report", "retrain", "retrain_record")
+EVALUATION_STEPS = ("window", "champion", "drift", "report", "retrain", "retrain_record", "rollout")
 
 
 class MonitoringMetrics:
@@ -61,6 +62,7 @@ class MonitoringMetrics:
                                   "service, by reason.", ["reason"], registry=registry)
         self.evaluation_errors = Counter(PREFIX + "evaluation_errors", "Evaluation steps that failed, by step.",
                                          ["step"], registry=registry)
+        self.rollout = RolloutMetrics(registry)  # the running rollout's comparison (rollout_metrics.py)
         for reason in REASONS:
             self.retraining.labels(reason)
         for step in EVALUATION_STEPS:

@@ -46,10 +46,11 @@ def write_report(snapshot: Any, folder: Path, window_end: datetime, keep: int = 
 
 
 def list_reports(folder: Path) -> list[Path]:
-    """Reports, newest first."""
+    """Drift reports, newest first (named by time, so they start with a digit; rollout reports do not and are
+    never pruned here)."""
     if not folder.is_dir():
         return []
-    return sorted(folder.glob("*.html"), reverse=True)
+    return sorted(folder.glob("[0-9]*.html"), reverse=True)
 
 
 def add_caption(path: Path, caption: str) -> None:

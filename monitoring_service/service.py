@@ -26,6 +26,7 @@ from monitoring_service.quality import live_quality
 from monitoring_service.reference import NoReference, ReferenceCache
 from monitoring_service.reports import drift_caption, report_folder, write_report
 from monitoring_service.retrain_policy import Breach, RetrainPolicy, breaches
+from monitoring_service.rollout_monitor import RolloutMonitor
 from monitoring_service.window import Window, read_labeled, read_predictions
 
 SERVICE = "monitoring-service"
@@ -50,6 +51,7 @@ class Evaluation:
     live_rmse: float | None = None
     report: str | None = None
     triggered: dict | None = None
+    rollout: dict | None = None  # the running rollout's decision, and what was done about it
     skipped: list[str] = field(default_factory=list)
 
     def as_log(self) -> dict:
@@ -71,14 +73,17 @@ class Monitor:
         self.trigger = trigger or self._trigger_training
         self.references = ReferenceCache(mlflow_client)
         self._watching: tuple[str, tuple[str, ...]] | None = None  # (version, features) last announced in the log
+        self.rollouts = RolloutMonitor(settings, metrics.rollout, mlflow_client, report_folder(settings))
         self.policy = RetrainPolicy(timedelta(minutes=settings.retrain_sustain_minutes),
                                     timedelta(minutes=settings.retrain_cooldown_minutes))
 
     def start(self) -> None:
         """Tables exist (PostgreSQL answers: ready) and the cool-down resumes from the last recorded trigger."""
+        from mlops_platform import rollout_store
         from model_serving.prediction_store import ensure_schema
 
         ensure_schema(self.settings)
+        rollout_store.ensure_schema(self.settings)
         trigger_store.ensure_table(self.settings)
         self.policy.last_trigger = trigger_store.last_trigger_time(self.settings)
         self.metrics.ready.set(1)
@@ -90,6 +95,7 @@ class Monitor:
     def evaluate(self, now: datetime | None = None) -> Evaluation:
         now = now or datetime.now(UTC)
         result = Evaluation(now)
+        self._rollout(now, result)  # first: a promotion changes the champion the window below judges
         champion = self._champion(result)
         drift_share = live_rmse = None
         if champion is not None:
@@ -102,6 +108,13 @@ class Monitor:
         self.metrics.last_evaluation.set(now.timestamp())
         log.info("window evaluated", extra=result.as_log())
         return result
+
+    def _rollout(self, now: datetime, result: Evaluation) -> None:
+        try:
+            result.rollout = self.rollouts.evaluate(now)
+        except Exception as exc:  # PostgreSQL or MLflow refusing: the rollout runs on, the next evaluation retries
+            self.metrics.evaluation_errors.labels("rollout").inc()
+            result.skipped.append(f"rollout: {type(exc).__name__}: {exc}")
 
     def _champion(self, result: Evaluation) -> Champion | None:
         name, alias = self.settings.model_name, self.settings.model_alias

@@ -69,17 +69,20 @@ class OwnModel:
         return register_version(self.client, self.model_name, {REFERENCE_ARTIFACT.rsplit("/", 1)[0]: path},
                                  alias=self.settings.model_alias)
 
-    def write(self, version: str, rows: list[tuple], labels: Sequence[int] = ()) -> None:
-        """Predictions (features..., score) of `version`; labels[i] is the outcome of the i-th prediction."""
+    def write(self, version: str, rows: list[tuple], labels: Sequence[int] = (), first: int = 0,
+              variant: str = "champion", served: bool = True, error: str | None = None) -> None:
+        """Predictions (features..., score) of `version`, numbered from `first`; labels[i] is the outcome of the
+        i-th; with `error`, rows of a variant that failed (no score)."""
         def value(x: float) -> float | None:
             return None if math.isnan(x) else float(x)
 
         predictions = []
-        for i, row in enumerate(rows):
+        for i, row in enumerate(rows, start=first):
             features = {name: value(x) for name, x in zip(FEATURES, row[:-1], strict=True)}
             predictions.append((f"{self.model_name}-{i}", i, json.dumps(features), *features.values(),
-                                float(row[-1]), self.model_name, version, PREDICTED_AT))
-        outcomes = [(f"{self.model_name}-{i}", i, label, T0) for i, label in enumerate(labels)]
+                                None if error else float(row[-1]), self.model_name, version, PREDICTED_AT, variant,
+                                served, None, 5.0, error))
+        outcomes = [(f"{self.model_name}-{i}", i, label, T0) for i, label in enumerate(labels, start=first)]
         with connect(self.settings) as conn, conn.cursor() as cur:
             insert_predictions(cur, predictions)
             insert_ground_truth(cur, outcomes)
@@ -160,6 +163,24 @@ def test_labelled_window_publishes_live_metrics_by_model_version(window) -> None
     assert samples(registry, "monitoring_live_rmse") == {(("model_version", version),): pytest.approx(
         math.sqrt((0.04 + 0.09) / 2))}
     assert samples(registry, "monitoring_live_roc_auc") == {(("model_version", version),): 1.0}
+
+
+def test_the_window_keeps_to_the_answers_the_champion_returned(window) -> None:
+    """Failed rows (no score) and unserved shadow scores of the champion's version stay out of drift and error."""
+    rng = np.random.default_rng(7)
+    version = window.champion(frame(rng, 500))
+    served = [(0.8, 1), (0.3, 0)] * 6  # (score, outcome)
+    rows = [(*row[:-1], score) for row, (score, _) in zip(frame(rng, 12).to_numpy(), served, strict=True)]
+    window.write(version, rows, labels=[outcome for _, outcome in served])
+    others = [tuple(row) for row in frame(rng, 10).to_numpy()]
+    window.write(version, others, labels=[0] * 10, first=100, error="TimeoutError: no answer in 50 ms")
+    window.write(version, [(*row[:-1], 0.99) for row in others], labels=[0] * 10, first=200, variant="challenger",
+                 served=False)
+    monitor, registry, _ = make_monitor(window)
+    result = monitor.evaluate(T0)
+    assert (result.predictions, result.labeled) == (12, 12), result.skipped
+    assert samples(registry, "monitoring_live_rmse") == {(("model_version", version),): pytest.approx(
+        math.sqrt((0.04 + 0.09) / 2))}
 
 
 def test_a_subset_champion_has_its_drift_computed_published_and_reported_on_its_own_features(
