@@ -222,6 +222,42 @@ def test_a_duplicate_message_adds_nothing(logger, settings):
     assert metric(settings, "prediction_logger_duplicates_total", table=PREDICTIONS_TABLE) >= duplicates_before + 5
 
 
+def variant_rows(settings, request_ids: list[str]) -> list[tuple]:
+    import psycopg2
+
+    conn = psycopg2.connect(settings.postgres_dsn(settings.feast_db))
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"select request_id, driver_id, variant, served, rollout_id, latency_ms, error, score "
+                        f"from {PREDICTIONS_TABLE} where request_id = any(%s) order by request_id, driver_id, variant",
+                        (request_ids,))
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def test_both_variants_of_a_prediction_are_stored_and_only_the_scored_ones_join_their_outcome(logger, settings):
+    rng = random.Random(24)
+    (request_id,), (driver_id,) = fresh_ids(1)
+    champion = replace(prediction(request_id, driver_id, rng), rollout_id="r-7", latency_ms=1.5)
+    shadow = replace(champion, variant="challenger", served=False, model_version="8", score=0.25, latency_ms=2.5)
+    failed = replace(champion, request_id=request_id + "-b", variant="challenger", served=False, score=None,
+                     error="RuntimeError: model version 8 returned non-finite scores", latency_ms=0.5)
+    send_predictions(settings, [champion, shadow, replace(champion, request_id=failed.request_id), failed])
+    send_outcomes(settings, [outcome(champion, 1), outcome(failed, 0)])
+    request_ids = [request_id, failed.request_id]
+    eventually(lambda: len(variant_rows(settings, request_ids)) == 4, timeout=60, what="four variant rows stored")
+    assert variant_rows(settings, request_ids) == [
+        (request_id, driver_id, "challenger", False, "r-7", 2.5, None, 0.25),
+        (request_id, driver_id, "champion", True, "r-7", 1.5, None, champion.score),
+        (failed.request_id, driver_id, "challenger", False, "r-7", 0.5, failed.error, None),
+        (failed.request_id, driver_id, "champion", True, "r-7", 1.5, None, champion.score)]
+    eventually(lambda: len(rows(settings, LABELED_VIEW, request_ids)) == 3, timeout=60, what="three rows joined")
+    joined = [(r[0], r[4]) for r in rows(settings, LABELED_VIEW, request_ids)]
+    assert sorted(joined) == sorted([(request_id, "7"), (request_id, "8"), (failed.request_id, "7")]), \
+        "a failed variant has no score to judge: it joins no outcome"
+
+
 def test_invalid_messages_go_to_the_dead_letter_topics_with_their_reason(logger, settings):
     rng = random.Random(24)
     request_ids, drivers = fresh_ids(6)
