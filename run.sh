@@ -422,6 +422,8 @@ cmd_urls() {
 main() {
   local args=()
   while [[ $# -gt 0 ]]; do
+    # `rollout` has a --mode of its own (canary, shadow, ab): what follows it is the rollout command's.
+    if [[ ${#args[@]} -eq 0 && "$1" == rollout ]]; then args+=("$@"); break; fi
     case "$1" in
       --mode) [[ $# -ge 2 ]] || die "--mode needs local or docker"; MODE_FLAG="$2"; shift 2 ;;
       --mode=*) MODE_FLAG="${1#--mode=}"; shift ;;
