@@ -20,6 +20,7 @@ import pytest
 from tests.conftest import eventually, stack_up
 from tests.monitoring_config import (
     EXTERNAL_METRICS,
+    MONITORING_SERVICE_METRICS,
     dashboard_expressions,
     load_rules,
     metric_names_in_promql,
@@ -27,11 +28,19 @@ from tests.monitoring_config import (
 )
 from tests.services.monitored_traffic import book_and_wait_for_the_outcomes
 
+# Exported from the start: the mode (champion at 0), the share, the bounds, the decision counts.
+ROLLOUT_METRICS_WITHOUT_A_ROLLOUT = {"monitoring_rollout_active", "monitoring_rollout_share",
+                                     "monitoring_rollout_max_error_rate", "monitoring_rollout_max_p99_ms",
+                                     "monitoring_rollout_decisions_total"}
 # Series an empty answer is right for on a healthy local platform.
 NO_DATA_EXPECTED = {
     **{name: where for name, where in EXTERNAL_METRICS.items() if name.startswith("node_")},
     "ALERTS": "exists only while an alert is pending or firing",
     "ALERTS_FOR_STATE": "exists only while an alert is pending or firing",
+    # a rollout's numbers exist only while one runs; tests/services/test_rollout_monitoring.py checks that a
+    # running rollout exports every one the dashboards and alerts read
+    **{name: "exists only while a rollout runs" for name in MONITORING_SERVICE_METRICS
+       if name.startswith("monitoring_rollout_") and name not in ROLLOUT_METRICS_WITHOUT_A_ROLLOUT},
 }
 # Which job may export metrics with each of our prefixes.
 OWNERS = {"serving_": "serving", "driver_stats_consumer_": "stream-consumer",

@@ -120,6 +120,11 @@ def test_the_required_dashboards_show_what_they_are_for() -> None:
                            "prediction_logger_messages_rejected_total", "prediction_logger_dlq_sends_total"},
         "data-drift.json": {"monitoring_feature_drift_score", "monitoring_drift_share", "monitoring_window_has_data"},
         "model-quality.json": {"monitoring_live_rmse", "monitoring_live_mae", "monitoring_live_roc_auc"},
+        "rollout.json": {"monitoring_rollout_labeled_outcomes", "monitoring_rollout_brier", "monitoring_rollout_auc",
+                         "monitoring_rollout_precision", "monitoring_rollout_recall",
+                         "monitoring_rollout_latency_p99_ms", "monitoring_rollout_error_rate",
+                         "monitoring_rollout_brier_difference_low", "monitoring_rollout_brier_difference_high",
+                         "serving_variant_requests_total"},
     }
     for name, metrics in required.items():
         assert name in by_file, f"dashboard {name} is missing"
@@ -133,6 +138,7 @@ def test_the_required_dashboards_show_what_they_are_for() -> None:
             exprs["streaming.json"]), f"freshness p{quantile} is missing"
     assert "by (feature" in exprs["data-drift.json"], "drift must be shown per feature"
     assert "by (model_version)" in exprs["model-quality.json"], "live quality must be shown per model version"
+    assert "by (variant, model_version)" in exprs["rollout.json"], "a rollout must be shown per variant"
 
 
 def test_grafana_provisioning_and_container(dashboards) -> None:
