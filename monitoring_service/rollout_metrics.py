@@ -82,10 +82,14 @@ class RolloutMetrics:
         return (self.brier_difference, self.brier_difference_low, self.brier_difference_high, self.auc_difference,
                 self.auc_difference_low, self.auc_difference_high)
 
-    def clear(self) -> None:
-        """No rollout runs: no per-variant numbers, mode champion."""
+    def clear_numbers(self) -> None:
+        """The comparison could not be made: its numbers are unknown, not the last ones."""
         for gauge in (*self._per_variant(), *self._differences()):
             gauge.clear()
+
+    def clear(self) -> None:
+        """No rollout runs: no per-variant numbers, mode champion."""
+        self.clear_numbers()
         self.active.clear()
         self.active.labels(CHAMPION).set(0)
         self.share.set(0)

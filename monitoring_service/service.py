@@ -114,6 +114,7 @@ class Monitor:
             result.rollout = self.rollouts.evaluate(now)
         except Exception as exc:  # PostgreSQL or MLflow refusing: the rollout runs on, the next evaluation retries
             self.metrics.evaluation_errors.labels("rollout").inc()
+            self.metrics.rollout.clear_numbers()
             result.skipped.append(f"rollout: {type(exc).__name__}: {exc}")
 
     def _champion(self, result: Evaluation) -> Champion | None:
