@@ -225,11 +225,12 @@ def evaluation_lines(evaluation: dict[str, Any] | None, evaluated_at: Any) -> li
     if isinstance(variants, dict):
         for variant, numbers in variants.items():
             if isinstance(numbers, dict):
-                flat = {**{k: v for k, v in numbers.items() if k != "metrics"}, **(numbers.get("metrics") or {})}
+                flat = {**{k: v for k, v in numbers.items() if k not in ("metrics", "variant")},
+                        **(numbers.get("metrics") or {})}
                 lines.append(f"  {variant:<10} " + ", ".join(f"{k} {_metric(v)}" for k, v in flat.items()))
             else:
                 lines.append(f"  {variant:<10} {_metric(numbers)}")
-    shown = {"decision", "reason", "variants"}
+    shown = {"decision", "reason", "variants", "rollout_id", "mode", "share", "evaluated_at"}  # said above
     for key, value in evaluation.items():
         if key not in shown:
             lines.append(f"  {key}: {_metric(value)}")

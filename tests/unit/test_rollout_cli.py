@@ -88,6 +88,22 @@ def test_status_shows_the_rollout_the_last_comparison_the_aliases_and_the_events
     assert "start    cli:ana" in text and "canary 10 %" in text and "v3 vs v4  weekly model" in text
 
 
+def test_status_reads_the_monitoring_services_comparison():
+    interval = {"estimate": 0.1912, "low": 0.18, "high": 0.2}
+    evaluation = {"rollout_id": "r-1", "mode": "canary", "share": 0.1, "confidence": 0.95, "paired": False,
+                  "variants": {variant: {"variant": variant, "model_version": version, "outcomes": outcomes,
+                                         "latency_p99_ms": 7.25, "brier": interval, "auc": None}
+                               for variant, version, outcomes in (("champion", "3", 1900), ("challenger", "4", 201))},
+                  "brier_difference": {"estimate": 0.031, "low": 0.012, "high": 0.05},
+                  "decision": {"action": "rollback", "reason": "the challenger's Brier score is higher"},
+                  "evaluated_at": "2026-11-30T14:05:00+00:00"}
+    text = rollout_cli.render(status_document(last_evaluation=evaluation))
+    assert "decision rollback: the challenger's Brier score is higher" in text
+    assert "challenger model_version 4, outcomes 201, latency_p99_ms 7.25, brier 0.1912 [0.18, 0.2], auc -" in text
+    assert "brier_difference: 0.031 [0.012, 0.05]" in text and "confidence: 0.95" in text
+    assert "rollout_id:" not in text and "evaluated_at" not in text
+
+
 def test_status_without_a_rollout_says_the_champion_answers_everything():
     text = rollout_cli.render(status_document(mode="champion", rollout=None, last_evaluation=None, events=[]))
     assert "mode champion" in text and "the champion answers every request" in text
