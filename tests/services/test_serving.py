@@ -69,7 +69,9 @@ def test_scores_equal_pyfunc_on_the_same_vectors_and_the_ranking_follows_them(ap
     body = response.json()
     assert body["request_id"] == "scores-1" and response.headers["x-request-id"] == "scores-1"
     assert body["model"] == {"name": settings.model_name, "version": version_a,
-                             "run_id": registry[0].get_model_version(settings.model_name, version_a).run_id}
+                             "run_id": registry[0].get_model_version(settings.model_name, version_a).run_id,
+                             "variant": "champion"}
+    assert response.headers["x-model-variant"] == "champion"
     assert [s["driver_id"] for s in body["scores"]] == list(reversed(FRESH)), "scores keep the request order"
     assert body["missing_driver_ids"] == [UNKNOWN, STALE]
 
@@ -239,7 +241,10 @@ def test_prediction_and_feedback_events_follow_the_contract(api, settings):
     scores = {s["driver_id"]: s["score"] for s in body["scores"]}
     for event in seen[settings.predictions_topic]:
         assert set(event) == {"request_id", "driver_id", "features", "score", "model_name", "model_version",
-                              "predicted_at"}
+                              "predicted_at", "variant", "served", "rollout_id", "latency_ms", "error"}
+        assert (event["variant"], event["served"], event["rollout_id"], event["error"]) == (
+            "champion", True, None, None), "no rollout runs in this module"
+        assert event["latency_ms"] >= 0
         # Exact: the event carries the very float the response does (JSON round-trips it).
         assert event["request_id"] == request_id and event["score"] == scores[event["driver_id"]]
         assert set(event["features"]) == set(FEATURES)
