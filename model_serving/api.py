@@ -1,6 +1,7 @@
 """The online prediction API: rank drivers by how likely they are to complete a trip.
 
-    POST /predict   {"request_id"?: str, "driver_ids": [int, ...]} -> scores, ranking, best driver
+    POST /predict   {"request_id"?: str, "customer_id"?: str, "driver_ids": [int, ...]} -> scores, ranking,
+                    best driver, and the model version and variant (champion or challenger) that answered
     POST /feedback  {"request_id": str, "driver_id": int, "trip_completed": 0|1} -> 202
     GET  /health    alive (200 while the process serves)
     GET  /ready     200 when a model is loaded and Redis answers, else 503 with the reason
