@@ -50,8 +50,15 @@ class RolloutMonitor:
         evidence = {**comparison.as_dict(), "decision": decision.as_dict(), "evaluated_at": now.isoformat()}
         rollout_store.record_evaluation(self.settings, rollout, evidence)
         self.metrics.publish(comparison)
-        outcome = None if decision.action == CONTINUE else self._act(rollout, decision, evidence)
-        report = self._report(rollout, comparison, decision, now, outcome)
+        outcome = None
+        try:
+            if decision.action != CONTINUE:
+                outcome = self._act(rollout, decision, evidence)
+        except Exception as exc:  # registry or database refusing: the rollout runs on, the next evaluation retries
+            outcome = f"not applied yet: {type(exc).__name__}: {exc}"
+            raise
+        finally:
+            report = self._report(rollout, comparison, decision, now, outcome)
         summary = {"rollout_id": rollout.rollout_id, "mode": rollout.mode, "decision": decision.action,
                    "reason": decision.reason, "champion_outcomes": comparison.champion.outcomes,
                    "challenger_outcomes": comparison.challenger.outcomes, "report": report}

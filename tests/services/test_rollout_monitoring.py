@@ -205,3 +205,18 @@ def test_a_shadow_rollout_survives_a_restart_of_the_monitoring_service_and_is_de
     assert decided.rollout["decision"] == "promote", decided.rollout
     assert planted.alias(planted.settings.model_alias) == planted.challenger
     assert last_event(planted)["evidence"]["paired_outcomes"] == 340
+
+
+def test_a_registry_that_refuses_the_promotion_leaves_the_rollout_running_and_says_so(planted) -> None:
+    rollout = planted.start("canary", share=0.3)
+    planted.traffic(rollout, 1400, better=CHALLENGER)
+    planted.client.delete_registered_model(planted.model_name)  # the aliases cannot move any more
+    monitor, registry = planted.monitor()
+    result = monitor.evaluate(NOW)
+
+    assert result.rollout is None and any(reason.startswith("rollout: ") for reason in result.skipped), result
+    assert registry.get_sample_value("monitoring_evaluation_errors_total", {"step": "rollout"}) == 1.0
+    assert registry.get_sample_value("monitoring_rollout_decisions_total", {"decision": "promote"}) == 0.0
+    assert rollout_store.current(planted.settings, planted.model_name) == rollout, "still running, retried next time"
+    report = (planted.tmp_path / "monitoring" / "reports" / rollout_report_name(rollout.rollout_id)).read_text()
+    assert '<span id="decision">promote</span>' in report and "not applied yet" in report
