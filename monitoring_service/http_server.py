@@ -22,8 +22,8 @@ def index_page(folder: Path) -> bytes:
                                              "enough predictions.</li>")
     rollouts = _links(list_rollout_reports(folder)) or ("<li>No rollout yet: `bash run.sh rollout start` begins "
                                                         "one.</li>")
-    return (f"<!doctype html><title>Reports</title><h1>Rollout reports (latest first)</h1><ul>{rollouts}</ul>"
-            f"<h1>Drift reports (window end, UTC)</h1><ul>{drift}</ul>").encode()
+    return (f"<!doctype html><title>Reports</title><h1>Drift reports (window end, UTC)</h1><ul>{drift}</ul>"
+            f"<h1>Rollout reports (latest first)</h1><ul>{rollouts}</ul>").encode()
 
 
 def make_handler(folder: Path, registry: CollectorRegistry = REGISTRY) -> type[BaseHTTPRequestHandler]:
