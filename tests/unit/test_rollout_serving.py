@@ -318,3 +318,25 @@ def test_a_challenger_that_cannot_load_is_a_problem_of_the_view_retried_later():
     assert view.challenger is None and "trips_today" in view.challenger_problem()
     watcher.refresh()
     assert models.loads == ["4"], "a failed version is not downloaded again on every refresh"
+
+
+def test_a_version_held_as_challenger_is_reused_not_downloaded_again():
+    from model_serving.model_store import ModelStore
+
+    challenger = challenger_model(version="4")
+    models = ModelStore(settings(), held=lambda: (None, challenger))
+    models._current = fitted_model("3")
+    assert models.load("4") is challenger and models.load("3") is models.current
+    assert models.loaded("5") is None
+
+
+def test_a_promoted_challenger_becomes_the_champion_without_a_download():
+    from types import SimpleNamespace
+
+    from model_serving.model_store import ModelStore
+
+    challenger = challenger_model(version="4")
+    models = ModelStore(settings(), held=lambda: (challenger,))
+    models._current = fitted_model("3")
+    models.alias_target = lambda: SimpleNamespace(version="4", run_id="run-4")  # the alias moved by a promotion
+    assert models.refresh() and models.current is challenger
