@@ -142,12 +142,17 @@ def labelled_outcomes(settings: Settings, rollout_id: str, until: datetime | Non
 def report(kind: str, planted: dict, rollout: Rollout, decision: dict | None, outcomes: dict[str, int]) -> dict:
     decided_after = (decision["at"] - rollout.started_at).total_seconds() if decision else None
     return {"scenario": f"rollout-{kind}", "rollout_id": rollout.rollout_id, "mode": rollout.mode,
-            "share": rollout.share, **{f"{k}_version": v for k, v in planted.items() if k != "challenger_kind"},
-            "challenger_kind": planted["challenger_kind"],
+            "share": rollout.share,
+            **{f"{key}_version": planted[key] for key in ("champion_before", "champion", "challenger")},
+            "challenger_kind": planted["challenger_kind"], "features": planted["features"],
             "decision": decision["action"] if decision else None, "expected": EXPECTED[kind],
             "decided_by": decision["actor"] if decision else None, "reason": decision["reason"] if decision else None,
             "seconds_to_decision": round(decided_after, 1) if decided_after is not None else None,
             "labelled_outcomes": outcomes, "evidence": decision["evidence"] if decision else None}
+
+
+def _version(version: str | None) -> str:
+    return f"v{version}" if version else "none"
 
 
 def print_report(summary: dict) -> None:
@@ -158,7 +163,7 @@ def print_report(summary: dict) -> None:
               f"(expected {summary['expected']}): {summary['reason']}")
     print(f"  champion v{summary['champion_version']} vs challenger v{summary['challenger_version']} "
           f"({summary['challenger_kind']}), {summary['mode']} at {summary['share'] * 100:g} %; "
-          f"champion before the scenario: v{summary['champion_before_version']}")
+          f"champion before the scenario: {_version(summary['champion_before_version'])}")
     print("  labelled outcomes by then: " + (", ".join(f"{v} {n}" for v, n in summary["labelled_outcomes"].items())
                                              or "none"))
     print("  evidence: " + json.dumps(summary["evidence"], indent=2, default=str).replace("\n", "\n  "))

@@ -64,4 +64,5 @@ def test_the_report_gives_the_decision_its_timing_and_the_outcomes_used(capsys):
     rollout_scenario.print_report(summary)
     out = capsys.readouterr().out
     assert "decision: rollback by monitoring after" in out and "champion 1800, challenger 210" in out
-    assert '"brier_difference"' in out
+    assert '"brier_difference"' in out and "champion before the scenario: v3" in out
+    assert summary["champion_before_version"] == "3" and summary["features"] == FEATURES
