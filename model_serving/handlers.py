@@ -1,7 +1,10 @@
 """The API's route handlers; `model_serving.api.create_app` wires them to their paths.
 
-/predict reads top-down: the request gets its id, the online store gives the drivers' features, the
-model scores them, the response ranks them, and the prediction-log event goes to the worker's spool.
+/predict reads top-down: the request gets its id, the rollout picks the variant that answers (by the
+customer id, else the request id; the champion outside a rollout), the online store gives the drivers'
+features, the model scores them, the response ranks them, and the prediction-log events go to the worker's
+spool. A challenger that is not loaded or fails leaves the answer to the champion and is logged with its
+error; in shadow mode the challenger scores after the response is built (model_serving.shadow).
 Each handler finds the worker's parts in `request.app.state.serving` (model_serving.worker.Serving).
 The endpoints carry no docstrings on purpose: FastAPI would publish them as the OpenAPI description.
 """
