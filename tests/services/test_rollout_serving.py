@@ -244,6 +244,35 @@ def test_a_failing_challenger_never_fails_a_request_and_its_error_rows_are_logge
 # ---------------------------------------------------------------------------------------------
 # restarts
 # ---------------------------------------------------------------------------------------------
+def test_postgresql_down_keeps_the_last_rollout_state_and_fails_no_request(logged, client, registry, settings):
+    from mlops_platform.services import log_file
+
+    _, _, version_b = registry
+    rollout = start(settings, client, CANARY, version_b, share=0.3)
+    applied(logged, rollout)
+    log = log_file(settings, "serving")
+    offset = log.stat().st_size
+
+    def lines(words: str) -> list[str]:
+        with log.open(errors="replace") as handle:
+            handle.seek(offset)
+            return [line for line in handle if words in line]
+
+    keys = keys_of(CHALLENGER, rollout, 5) + keys_of(CHAMPION, rollout, 5)
+    postgres = BY_NAME["postgres"]
+    local_service.stop(postgres, settings)
+    try:
+        eventually(lambda: lines("rollout state not readable"), timeout=60, what="the outage noticed")
+        for _ in range(3):  # answered, each by the variant the rollout assigned before the outage
+            assert {k: variant(logged, k) for k in keys} == {k: rollout.answering_variant(k) for k in keys}
+    finally:
+        local_service.start(postgres, settings)
+    eventually(lambda: lines("rollout state readable again"), timeout=60, what="the state read again")
+    assert len(lines("rollout state not readable")) <= settings.serving_workers, "logged once per worker and outage"
+    assert not lines("rollout state changed"), "the outage changed no worker's rollout"
+    applied(logged, rollout)
+
+
 def test_a_rollout_survives_an_api_restart(logged, client, registry, settings):
     _, version_a, version_b = registry
     rollout = start(settings, client, CANARY, version_b, share=0.3)
