@@ -3,7 +3,10 @@
 A pure function of the comparison, the rollout and the time, so the whole table is unit tested:
 1. Roll back at once when the challenger fails more requests than ROLLOUT_MAX_ERROR_RATE or its p99 latency
    exceeds ROLLOUT_MAX_P99_MS, once it was asked MIN_REQUESTS_FOR_BOUNDS requests (below that, one failed or
-   slow request would decide; at 100 requests p99 is not the single slowest one).
+   slow request would decide; at 100 requests p99 is not the single slowest one). The breach must be the
+   challenger's own: the champion, on the same traffic, keeps within the bound, or the challenger is more than
+   OWN_BREACH_FACTOR times as bad. When both breach it, the platform is slow or failing (the serving alerts
+   say so), and that is no evidence against the challenger.
 2. canary and shadow: once both variants have ROLLOUT_MIN_OUTCOMES labelled outcomes, promote when the whole
    interval of the Brier difference (challenger - champion) at ROLLOUT_CONFIDENCE is below 0 (the challenger
    errs less), roll back when it is above 0; else keep going.
@@ -23,6 +26,7 @@ from monitoring_service.rollout_comparison import Comparison
 PROMOTE, ROLLBACK, CONTINUE = "promote", "rollback", "continue"
 DECISIONS = (PROMOTE, ROLLBACK, CONTINUE)
 MIN_REQUESTS_FOR_BOUNDS = 100
+OWN_BREACH_FACTOR = 2.0
 
 
 @dataclass(frozen=True)
@@ -62,19 +66,34 @@ def decide(comparison: Comparison, rollout: Rollout, bounds: Bounds, now: dateti
     return _by_brier(comparison, undecided=CONTINUE)
 
 
+def _own_breach(challenger: float | None, champion: float | None, bound: float) -> bool:
+    """The challenger's number is over the bound, and not because everything is (see the module's 1.)."""
+    if challenger is None or challenger <= bound:
+        return False
+    return champion is None or champion <= bound or challenger > OWN_BREACH_FACTOR * champion
+
+
 def _bound_breach(comparison: Comparison, bounds: Bounds) -> str | None:
-    challenger = comparison.challenger
+    champion, challenger = comparison.champion, comparison.challenger
     if challenger.requests < bounds.min_requests:
         return None
-    if challenger.error_rate is not None and challenger.error_rate > bounds.max_error_rate:
+    if _own_breach(challenger.error_rate, champion.error_rate, bounds.max_error_rate):
         return (f"The challenger (version {challenger.model_version}) failed {challenger.failed_requests} of "
                 f"{challenger.requests} requests ({challenger.error_rate:.1%}), above ROLLOUT_MAX_ERROR_RATE "
-                f"{bounds.max_error_rate:.1%}.")
-    if challenger.latency_p99_ms is not None and challenger.latency_p99_ms > bounds.max_p99_ms:
+                f"{bounds.max_error_rate:.1%}; the champion failed {_share(champion.error_rate)}.")
+    if _own_breach(challenger.latency_p99_ms, champion.latency_p99_ms, bounds.max_p99_ms):
         return (f"The challenger's (version {challenger.model_version}) p99 latency is "
                 f"{challenger.latency_p99_ms:.1f} ms over {challenger.requests} requests, above ROLLOUT_MAX_P99_MS "
-                f"{bounds.max_p99_ms:g} ms.")
+                f"{bounds.max_p99_ms:g} ms; the champion's is {_ms(champion.latency_p99_ms)}.")
     return None
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
 
 
 def _decide_ab(comparison: Comparison, rollout: Rollout, now: datetime) -> Decision:

@@ -205,9 +205,10 @@ def stats(variant: str, outcomes: int = 500, requests: int = 500, failed: int = 
                         outcomes, 0.5, spread, spread, None, None, None)
 
 
-def comparison(difference: tuple[float, float] | None, mode: str = CANARY, **challenger) -> Comparison:
+def comparison(difference: tuple[float, float] | None, mode: str = CANARY, champion: dict | None = None,
+               **challenger) -> Comparison:
     interval = None if difference is None else Interval(sum(difference) / 2, *difference)
-    return Comparison("r-1", mode, 0.1, mode == SHADOW, 0.95, 1000, 0.5, stats(CHAMPION),
+    return Comparison("r-1", mode, 0.1, mode == SHADOW, 0.95, 1000, 0.5, stats(CHAMPION, **(champion or {})),
                       stats(CHALLENGER, **challenger), None, interval, None)
 
 
@@ -232,6 +233,19 @@ def comparison(difference: tuple[float, float] | None, mode: str = CANARY, **cha
 def test_decision_table(mode, difference, challenger, expected) -> None:
     running = rollout(mode, 0.0 if mode == SHADOW else 0.1)
     decision = decide(comparison(difference, mode, **challenger), running, BOUNDS, NOW)
+    assert decision.action == expected, decision.reason
+
+
+@pytest.mark.parametrize(("champion", "challenger", "expected"), [
+    # a loaded machine slows both variants past the bound: no evidence against the challenger
+    ({"p99": 120.8}, {"p99": 102.1}, PROMOTE),
+    ({"p99": 120.0}, {"p99": 130.0}, PROMOTE),
+    ({"p99": 120.0}, {"p99": 300.0}, ROLLBACK),  # more than twice as slow: its own slowness
+    ({"requests": 500, "failed": 50}, {"requests": 500, "failed": 60}, PROMOTE),  # everything fails
+    ({"requests": 500, "failed": 5}, {"requests": 500, "failed": 60}, ROLLBACK),
+])
+def test_a_bound_both_variants_breach_is_not_held_against_the_challenger(champion, challenger, expected) -> None:
+    decision = decide(comparison((-0.03, -0.01), champion=champion, **challenger), rollout(), BOUNDS, NOW)
     assert decision.action == expected, decision.reason
 
 
