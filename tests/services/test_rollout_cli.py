@@ -12,7 +12,7 @@ import pytest
 
 from mlops_platform import model_registry, rollout_store
 from mlops_platform.postgres import connect
-from tests.conftest import run_sh
+from tests.conftest import airflow_dags_test, run_sh
 from training_pipeline import tracking
 
 
@@ -119,3 +119,17 @@ def test_requests_that_cannot_be_done_exit_2_with_one_line(model):
     assert nothing.returncode == 2 and "nothing to promote" in nothing.stderr
     missing = rollout(model, "start", "--mode", "canary", "--version", "999", check=False)
     assert missing.returncode == 2 and "has no version '999'" in missing.stderr
+
+
+def test_the_model_rollout_dag_starts_and_rolls_back_as_airflow(model, settings, airflow_up):
+    v1, _, v3 = model["versions"]
+    env = {"MODEL_NAME": model["name"]}
+    airflow_dags_test(settings, "model_rollout", conf={"action": "start", "mode": "ab", "share": 0.3, "version": v3,
+                                                       "outcomes": 400, "reason": "from the UI"}, env=env)
+    running = status(model)
+    assert (running["mode"], running["rollout"]["share"], running["rollout"]["max_outcomes"]) == ("ab", 0.3, 400)
+    assert (running["events"][0]["actor"], running["events"][0]["reason"]) == ("airflow", "from the UI")
+    airflow_dags_test(settings, "model_rollout", conf={"action": "rollback"}, env=env)
+    after = status(model)
+    assert after["mode"] == "champion" and after["aliases"]["champion"] == v1
+    assert (after["events"][0]["action"], after["events"][0]["actor"]) == ("rollback", "airflow")
