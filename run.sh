@@ -421,9 +421,15 @@ cmd_urls() {
 # ---------------------------------------------------------------------------------------------
 main() {
   local args=()
+  local rollout=0
   while [[ $# -gt 0 ]]; do
-    # `rollout` has a --mode of its own (canary, shadow, ab): what follows it is the rollout command's.
-    if [[ ${#args[@]} -eq 0 && "$1" == rollout ]]; then args+=("$@"); break; fi
+    [[ ${#args[@]} -eq 0 && "$1" == rollout ]] && rollout=1
+    if [[ $rollout == 1 ]]; then  # `rollout start --mode shadow|canary|ab` is the rollout's own mode
+      case "$1 ${2:-}" in
+        "--mode local" | "--mode docker" | "--mode=local "* | "--mode=docker "*) ;;  # the platform's
+        --mode*) args+=("$1"); shift; continue ;;
+      esac
+    fi
     case "$1" in
       --mode) [[ $# -ge 2 ]] || die "--mode needs local or docker"; MODE_FLAG="$2"; shift 2 ;;
       --mode=*) MODE_FLAG="${1#--mode=}"; shift ;;

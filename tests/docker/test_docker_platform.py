@@ -152,6 +152,16 @@ def test_drifted_scenario_puts_the_drift_alert_pending_in_the_containerised_prom
         assert response.status == 200 and b".html" in response.read(), "the monitoring service wrote no report"
 
 
+def test_a_worse_challenger_canaried_in_containers_is_rolled_back_with_its_evidence(docker_platform):
+    result = docker_sh("scenario", "--rollout", "worse", "--rate", "30", "--timeout", "600", timeout=900)
+    summary = json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])
+    assert (summary["decision"], summary["decided_by"]) == ("rollback", "monitoring-service"), result.stdout
+    status = json.loads(docker_sh("rollout", "status", "--json").stdout)
+    assert status["mode"] == "champion" and status["aliases"]["champion"] == summary["champion_version"]
+    last = status["events"][0]
+    assert (last["action"], last["rollout_id"]) == ("rollback", summary["rollout_id"]) and last["evidence"]
+
+
 def test_restart_of_a_stack_with_one_shots_reports_success(docker_platform):
     for stack in ("feast", "serving"):
         result = docker_sh(stack, "restart", timeout=1200)
