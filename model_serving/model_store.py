@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -30,6 +29,7 @@ import numpy as np
 from mlops_platform import model_registry
 from mlops_platform.settings import Settings
 from model_serving.linear_form import exact_form
+from model_serving.refresh_thread import RefreshThread
 
 log = logging.getLogger("serving.model")
 
@@ -140,8 +140,7 @@ class ModelStore:
         self._held = held
         self._current: LoadedModel | None = None
         self._client: Any = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._refresher = RefreshThread("model-refresh", self.refresh, self._next_wait, log)
         self._failed: tuple[str, float] | None = None  # (version, when) of the last failed load
         self.reloads = 0
         self.reload_failures = 0
@@ -231,21 +230,10 @@ class ModelStore:
     # ---- background refresh --------------------------------------------------------------------
     def start(self) -> None:
         """First load and then periodic checks, all on a daemon thread (start-up never waits for MLflow)."""
-        if self._thread is not None:
-            return
-        self._thread = threading.Thread(target=self._run, name="model-refresh", daemon=True)
-        self._thread.start()
+        self._refresher.start()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.refresh()
-            except Exception:  # a bug in a callback must not end the refreshing for good
-                log.exception("model refresh failed")
-            self._stop.wait(self.interval if self._current is not None else min(self.interval, 2.0))
+    def _next_wait(self) -> float:
+        return self.interval if self._current is not None else min(self.interval, 2.0)
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._refresher.stop(timeout)

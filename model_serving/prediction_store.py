@@ -36,6 +36,20 @@ PREDICTION_COLUMNS = ("request_id", "driver_id", "features", *FEATURES, "score",
 GROUND_TRUTH_COLUMNS = ("request_id", "driver_id", "trip_completed", "observed_at")
 BATCH_COLUMNS = ("run_id", "driver_id", "event_timestamp", "score", "model_name", "model_version", "variant")
 
+
+
+def _keyed_by_variant(table: str, key: str) -> str:
+    """Move a table made before rollouts to a primary key that includes `variant` (nothing when it has it)."""
+    return f"""do $$ begin
+    if not exists (select 1 from pg_index i join pg_attribute a on a.attrelid = i.indrelid
+                   and a.attnum = any(i.indkey)
+                   where i.indrelid = '{table}'::regclass and i.indisprimary and a.attname = 'variant') then
+        alter table {table} drop constraint {table}_pkey;
+        alter table {table} add primary key ({key});
+    end if;
+end $$;"""
+
+
 DDL = f"""
 create table if not exists {PREDICTIONS_TABLE} (
     request_id       text             not null,
@@ -65,14 +79,7 @@ alter table {PREDICTIONS_TABLE} add column if not exists rollout_id text;
 alter table {PREDICTIONS_TABLE} add column if not exists latency_ms double precision;
 alter table {PREDICTIONS_TABLE} add column if not exists error text;
 alter table {PREDICTIONS_TABLE} alter column score drop not null;
-do $$ begin
-    if not exists (select 1 from pg_index i join pg_attribute a on a.attrelid = i.indrelid
-                   and a.attnum = any(i.indkey)
-                   where i.indrelid = '{PREDICTIONS_TABLE}'::regclass and i.indisprimary and a.attname = 'variant') then
-        alter table {PREDICTIONS_TABLE} drop constraint {PREDICTIONS_TABLE}_pkey;
-        alter table {PREDICTIONS_TABLE} add primary key (request_id, driver_id, variant);
-    end if;
-end $$;
+{_keyed_by_variant(PREDICTIONS_TABLE, "request_id, driver_id, variant")}
 create index if not exists {PREDICTIONS_TABLE}_rollout_idx on {PREDICTIONS_TABLE} (rollout_id)
     where rollout_id is not null;
 
@@ -107,14 +114,7 @@ create table if not exists {BATCH_TABLE} (
 );
 create index if not exists {BATCH_TABLE}_event_timestamp_idx on {BATCH_TABLE} (event_timestamp);
 alter table {BATCH_TABLE} add column if not exists variant text not null default 'champion';
-do $$ begin
-    if not exists (select 1 from pg_index i join pg_attribute a on a.attrelid = i.indrelid
-                   and a.attnum = any(i.indkey)
-                   where i.indrelid = '{BATCH_TABLE}'::regclass and i.indisprimary and a.attname = 'variant') then
-        alter table {BATCH_TABLE} drop constraint {BATCH_TABLE}_pkey;
-        alter table {BATCH_TABLE} add primary key (run_id, driver_id, variant);
-    end if;
-end $$;
+{_keyed_by_variant(BATCH_TABLE, "run_id, driver_id, variant")}
 """
 
 _INSERT_PREDICTIONS = (f"insert into {PREDICTIONS_TABLE} ({', '.join(PREDICTION_COLUMNS)}) values %s "

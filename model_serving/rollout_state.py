@@ -11,7 +11,6 @@ of the challenger on every request it would answer). PostgreSQL down: the last s
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from mlops_platform import rollout_store
 from mlops_platform.rollout import Rollout
 from mlops_platform.settings import Settings
 from model_serving.model_store import LoadedModel, ModelStore
+from model_serving.refresh_thread import RefreshThread
 
 log = logging.getLogger("serving.rollout")
 READ_TIMEOUT_SECONDS = 2
@@ -59,8 +59,7 @@ class RolloutWatcher:
         self.view = NO_ROLLOUT
         self.state_problem = ""  # why the state could not be read lately ("" when it could)
         self._failed_load: tuple[str, float, str] | None = None  # (version, when, reason) of the last failed load
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._refresher = RefreshThread("rollout-refresh", self.refresh, lambda: self.interval, log)
 
     def refresh(self) -> RolloutView:
         """Read the state once, load a new challenger if needed, publish; returns the view now in force."""
@@ -118,20 +117,7 @@ class RolloutWatcher:
 
     # ---- background refresh --------------------------------------------------------------------
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="rollout-refresh", daemon=True)
-            self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.refresh()
-            except Exception:  # a bug in a callback must not end the refreshing for good
-                log.exception("rollout refresh failed")
-            self._stop.wait(self.interval)
+        self._refresher.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._refresher.stop(timeout)
