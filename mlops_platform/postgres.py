@@ -117,11 +117,27 @@ class PostgresBatchWriter:
         return self._conn
 
     def write(self, batch):
-        """Insert the batch in one transaction; returns what `insert` counted as new."""
+        """Insert the batch in one transaction; returns what `insert` counted as new.
+
+        A kept connection the server dropped since the last batch (PostgreSQL restarted, an idle timeout) is
+        replaced and the batch written once more at once, instead of failing a batch that a live server would
+        take; every writer's inserts are idempotent, so a commit whose answer was lost is harmless.
+        """
         import psycopg2
 
         if not len(batch):
             return self.nothing_new()
+        kept = self._conn is not None and not self._conn.closed
+        try:
+            return self._write_once(batch)
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            if not kept or self._conn is None or not self._conn.closed:
+                raise  # a fresh connection failing, or a live one refusing: not a stale connection
+            return self._write_once(batch)
+
+    def _write_once(self, batch):
+        import psycopg2
+
         conn = self._connection()
         try:
             with conn.cursor() as cur:

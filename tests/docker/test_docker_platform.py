@@ -153,7 +153,7 @@ def test_drifted_scenario_puts_the_drift_alert_pending_in_the_containerised_prom
 
 
 def test_a_worse_challenger_canaried_in_containers_is_rolled_back_with_its_evidence(docker_platform):
-    result = docker_sh("scenario", "--rollout", "worse", "--rate", "30", "--timeout", "600", timeout=900)
+    result = docker_sh("scenario", "--rollout", "worse", "--rate", "60", "--timeout", "600", timeout=900)
     summary = json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])
     assert (summary["decision"], summary["decided_by"]) == ("rollback", "monitoring-service"), result.stdout
     status = json.loads(docker_sh("rollout", "status", "--json").stdout)

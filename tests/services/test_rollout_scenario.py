@@ -40,7 +40,7 @@ def platform_champion(platform_up, settings):
 
 
 def scenario(kind: str) -> dict:
-    result = run_sh("scenario", "--rollout", kind, "--rate", "25", "--timeout", "600", timeout=900, check=False)
+    result = run_sh("scenario", "--rollout", kind, "--rate", "60", "--timeout", "600", timeout=900, check=False)
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     said = f"scenario {kind} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
     assert result.returncode == 0 and lines, said
