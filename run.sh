@@ -37,10 +37,15 @@ Platform
   bash run.sh scenario --rollout better|worse [--rate R]
                           plant a better or worse challenger, canary it at 10 % and send labelled traffic
                           until the monitoring service promotes or rolls it back; prints the evidence
+  bash run.sh scenario --project penguins --drifted|--normal
+                          penguin classifications through /models/penguin_species/predict, drifted or
+                          not, with feedback, to watch that model's drift and quality react
   bash run.sh rollout start --mode canary|shadow|ab [--share S] [--version V] [--outcomes N] [--hours H]
   bash run.sh rollout status|promote|rollback [--reason TEXT] [--json]
                           try the challenger on live traffic; status shows the last comparison,
                           aliases and events; promote/rollback move @champion by hand
+  bash run.sh notebook [--port P]
+                          JupyterLab on 127.0.0.1 with the platform's settings (notebooks/driver_poc.ipynb)
 
 Development
   bash run.sh test [unit|services|faults|docker|all] [pytest args]
@@ -392,6 +397,7 @@ cmd_scenario() {
   resolve_mode
   local module=simulation.drift_scenario
   [[ " $* " == *" --rollout "* || " $* " == *" --rollout="* ]] && module=simulation.rollout_scenario
+  [[ " $* " == *" --project penguins "* || " $* " == *" --project=penguins "* ]] && module=simulation.penguin_scenario
   platform_python "$module" "$@"
 }
 
@@ -399,6 +405,13 @@ cmd_rollout() {
   ensure_env_file
   resolve_mode >&2  # stdout is the command's answer (`--json` prints one document)
   platform_python mlops_platform.rollout_cli "$@"
+}
+
+cmd_notebook() {
+  ensure_env_file
+  resolve_mode
+  [[ -x "$VENV_PY" ]] || cmd_setup
+  "$VENV_PY" -m mlops_platform.notebook "$@"
 }
 
 cmd_demo() {
@@ -449,6 +462,7 @@ main() {
     demo) shift; cmd_demo "$@" ;;
     scenario) shift; cmd_scenario "$@" ;;
     rollout) shift; cmd_rollout "$@" ;;
+    notebook) shift; cmd_notebook "$@" ;;
     *)
       local stack="$1" verb="${2:-}"
       if [[ "$stack" != all && " $STACKS " != *" $stack "* ]]; then
