@@ -212,6 +212,10 @@ class Settings:
     serving_api_token: str = setting("SERVING_API_TOKEN", placeholder_default=True)
     predictions_topic: str = setting("PREDICTIONS_TOPIC")
     ground_truth_topic: str = setting("GROUND_TRUTH_TOPIC")
+    # The projects served at /models/{name}/predict (mlops_platform.projects) log to these two topics.
+    model_predictions_topic: str = setting("MODEL_PREDICTIONS_TOPIC")
+    model_ground_truth_topic: str = setting("MODEL_GROUND_TRUTH_TOPIC")
+    notebook_port: int = setting("NOTEBOOK_PORT", port)
     event_spool_dir: Path = setting("EVENT_SPOOL_DIR", optional_folder)
     event_spool_max_bytes: int = setting("EVENT_SPOOL_MAX_BYTES", positive)
     prediction_logger_host: str = setting("PREDICTION_LOGGER_HOST")
