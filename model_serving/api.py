@@ -3,6 +3,8 @@
     POST /predict   {"request_id"?: str, "customer_id"?: str, "driver_ids": [int, ...]} -> scores, ranking,
                     best driver, and the model version and variant (champion or challenger) that answered
     POST /feedback  {"request_id": str, "driver_id": int, "trip_completed": 0|1} -> 202
+    POST /models/{model_name}/predict, /models/{model_name}/feedback
+                    the same for every project of mlops_platform.projects (model_serving.project_routes)
     GET  /health    alive (200 while the process serves)
     GET  /ready     200 when a model is loaded and Redis answers, else 503 with the reason
     GET  /metrics   Prometheus
@@ -28,7 +30,7 @@ from fastapi.responses import PlainTextResponse
 
 from mlops_platform.logs import configure_logging
 from mlops_platform.settings import Settings, get_settings
-from model_serving import handlers, schemas
+from model_serving import handlers, project_routes, schemas
 from model_serving.metrics import prepare_multiprocess_dir
 from model_serving.request_body import StrictJSONRoute
 from model_serving.request_metrics import MAX_BODY_BYTES, RequestMetrics
@@ -54,6 +56,7 @@ def create_app(settings: Settings | None = None, registry: "CollectorRegistry | 
     app.add_middleware(RequestMetrics, serving=serving)
     app.add_exception_handler(Exception, handlers.unexpected)
     _add_routes(app, settings)
+    project_routes.add_routes(app, serving, [Depends(handlers.require_token)] if settings.serving_auth else [])
     return app
 
 

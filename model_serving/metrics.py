@@ -77,8 +77,9 @@ class ServingMetrics:
 
         self.registry = registry = registry or REGISTRY
         self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
-        labels = ["endpoint", "status", "model_version"]
-        self.requests = Counter(PREFIX + "requests", "HTTP requests answered, by endpoint, status and model version.",
+        labels = ["endpoint", "status", "model_version", "model"]
+        self.requests = Counter(PREFIX + "requests", "HTTP requests answered, by endpoint, status, model version "
+                                "and model (the registered model's name; empty for the probes).",
                                 labels, registry=registry)
         self.latency = Histogram(PREFIX + "request_duration_seconds",
                                  "Time from request received to response sent, by endpoint, status and model version.",

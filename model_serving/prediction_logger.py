@@ -1,7 +1,9 @@
 """The prediction logger: online predictions and their outcomes from Kafka into PostgreSQL.
 
 `python -m model_serving.prediction_logger` runs until SIGTERM or SIGINT, as consumer group
-`prediction-logger` on the predictions and ground-truth topics. Each loop polls a batch, validates
+`prediction-logger` on the predictions and ground-truth topics, and on the projects' topics
+(MODEL_PREDICTIONS_TOPIC, MODEL_GROUND_TRUTH_TOPIC -> `model_prediction_log`, `model_ground_truth`, validated
+by model_serving.model_messages). Each loop polls a batch, validates
 every message (model_serving.prediction_messages), sends the invalid ones with their reason to
 `<topic>_dlq`, inserts the valid ones into `prediction_log` and `ground_truth` in one transaction
 (ON CONFLICT DO NOTHING), and only then commits the batch's offsets. Delivery is at least once and
@@ -26,6 +28,12 @@ from mlops_platform.kafka_topics import ensure_topics as ensure_kafka_topics
 from mlops_platform.messages import Rejection
 from mlops_platform.postgres import PostgresBatchWriter
 from mlops_platform.settings import Settings, get_settings
+from model_serving.model_messages import (
+    ModelGroundTruth,
+    ModelPrediction,
+    validate_model_ground_truth,
+    validate_model_prediction,
+)
 from model_serving.prediction_logger_metrics import LoggerMetrics
 from model_serving.prediction_messages import (
     GroundTruth,
@@ -36,9 +44,13 @@ from model_serving.prediction_messages import (
 )
 from model_serving.prediction_store import (
     GROUND_TRUTH_TABLE,
+    MODEL_GROUND_TRUTH_TABLE,
+    MODEL_PREDICTIONS_TABLE,
     PREDICTIONS_TABLE,
     ensure_schema,
     insert_ground_truth,
+    insert_model_ground_truth,
+    insert_model_predictions,
     insert_predictions,
 )
 
@@ -49,9 +61,10 @@ TOPIC_PARTITIONS = 3
 DLQ_PARTITIONS = 1
 
 
-def topics(settings: Settings) -> tuple[str, str]:
-    """The topics the logger reads: predictions, then ground truth."""
-    return settings.predictions_topic, settings.ground_truth_topic
+def topics(settings: Settings) -> tuple[str, str, str, str]:
+    """The topics the logger reads: the driver predictions and ground truth, then the projects' ones."""
+    return (settings.predictions_topic, settings.ground_truth_topic, settings.model_predictions_topic,
+            settings.model_ground_truth_topic)
 
 
 def ensure_topics(settings: Settings) -> dict[str, int]:
@@ -68,9 +81,18 @@ class ValidBatch:
 
     predictions: list[Prediction] = field(default_factory=list)
     ground_truth: list[GroundTruth] = field(default_factory=list)
+    model_predictions: list[ModelPrediction] = field(default_factory=list)
+    model_ground_truth: list[ModelGroundTruth] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.predictions) + len(self.ground_truth)
+        return (len(self.predictions) + len(self.ground_truth) + len(self.model_predictions)
+                + len(self.model_ground_truth))
+
+    def offered(self) -> dict[str, int]:
+        """How many rows each table was offered."""
+        return {PREDICTIONS_TABLE: len(self.predictions), GROUND_TRUTH_TABLE: len(self.ground_truth),
+                MODEL_PREDICTIONS_TABLE: len(self.model_predictions),
+                MODEL_GROUND_TRUTH_TABLE: len(self.model_ground_truth)}
 
 
 def split(records: Sequence[Any], settings: Settings,
@@ -79,19 +101,19 @@ def split(records: Sequence[Any], settings: Settings,
     now = now or datetime.now(UTC)
     valid = ValidBatch()
     rejected: list[tuple[Any, Rejection]] = []
+    by_topic = {settings.predictions_topic: (validate_prediction, valid.predictions),
+                settings.ground_truth_topic: (validate_ground_truth, valid.ground_truth),
+                settings.model_predictions_topic: (validate_model_prediction, valid.model_predictions),
+                settings.model_ground_truth_topic: (validate_model_ground_truth, valid.model_ground_truth)}
     for record in records:
-        if record.topic == settings.predictions_topic:
-            result: Any = validate_prediction(record.value, now)
-        elif record.topic == settings.ground_truth_topic:
-            result = validate_ground_truth(record.value, now)
-        else:
+        if record.topic not in by_topic:
             raise ValueError(f"expected a record of {topics(settings)}, got one of topic {record.topic!r}")
+        validate, kept = by_topic[record.topic]
+        result: Any = validate(record.value, now)
         if isinstance(result, Rejection):
             rejected.append((record, result))
-        elif isinstance(result, Prediction):
-            valid.predictions.append(result)
         else:
-            valid.ground_truth.append(result)
+            kept.append(result)
     return valid, rejected
 
 
@@ -108,10 +130,12 @@ class StoreWriter(PostgresBatchWriter):
         return {
             PREDICTIONS_TABLE: insert_predictions(cur, [p.row() for p in batch.predictions]),
             GROUND_TRUTH_TABLE: insert_ground_truth(cur, [g.row() for g in batch.ground_truth]),
+            MODEL_PREDICTIONS_TABLE: insert_model_predictions(cur, [p.row() for p in batch.model_predictions]),
+            MODEL_GROUND_TRUTH_TABLE: insert_model_ground_truth(cur, [g.row() for g in batch.model_ground_truth]),
         }
 
     def nothing_new(self) -> dict[str, int]:
-        return {PREDICTIONS_TABLE: 0, GROUND_TRUTH_TABLE: 0}
+        return dict.fromkeys(ValidBatch().offered(), 0)
 
 
 class PredictionLogger(KafkaLoop):
@@ -148,7 +172,7 @@ class PredictionLogger(KafkaLoop):
             self.metrics.consumed.labels(record.topic).inc()
 
     def count_written(self, valid: ValidBatch, written: dict[str, Any]) -> None:
-        offered = {PREDICTIONS_TABLE: len(valid.predictions), GROUND_TRUTH_TABLE: len(valid.ground_truth)}
+        offered = valid.offered()
         for table, count in written["inserted"].items():
             self.metrics.stored.labels(table).inc(count)
             self.metrics.duplicates.labels(table).inc(offered[table] - count)

@@ -10,12 +10,17 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from mlops_platform.kafka_loop_metrics import KafkaLoopMetrics
 from mlops_platform.messages import REASON_CLASSES
-from model_serving.prediction_store import GROUND_TRUTH_TABLE, PREDICTIONS_TABLE
+from model_serving.prediction_store import (
+    GROUND_TRUTH_TABLE,
+    MODEL_GROUND_TRUTH_TABLE,
+    MODEL_PREDICTIONS_TABLE,
+    PREDICTIONS_TABLE,
+)
 
 PREFIX = "prediction_logger_"
 READY = PREFIX + "ready"
 WRITE_STAGES = ("store", "dead_letter", "commit")
-TABLES = (PREDICTIONS_TABLE, GROUND_TRUTH_TABLE)
+TABLES = (PREDICTIONS_TABLE, GROUND_TRUTH_TABLE, MODEL_PREDICTIONS_TABLE, MODEL_GROUND_TRUTH_TABLE)
 
 
 class LoggerMetrics(KafkaLoopMetrics):

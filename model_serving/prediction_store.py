@@ -12,6 +12,13 @@
 - `batch_predictions`: the daily batch scores, one row per (run, driver, variant): the champion's, and
   during a rollout (or when asked) the challenger's too, for offline comparison.
 
+The projects' routes and batch (every project of mlops_platform.projects, the drivers' included):
+
+- `model_prediction_log`: one row per (model, request, entity, variant): the features as sent (jsonb), the
+  prediction (a classifier's label, or a score as text), a classifier's probabilities (jsonb).
+- `model_ground_truth`: the label of a (model, request, entity), as reported by /models/{name}/feedback.
+- `model_batch_predictions`: the daily batch's rows, one per (run, model, entity).
+
 The logs are keyed by (request_id, driver_id[, variant]) and written with ON CONFLICT DO NOTHING, so a message
 delivered twice (Kafka delivers at least once) adds nothing.
 """
@@ -34,6 +41,14 @@ FEATURES = FEATURE_NAMES
 PREDICTION_COLUMNS = ("request_id", "driver_id", "features", *FEATURES, "score", "model_name", "model_version",
                       "predicted_at", "variant", "served", "rollout_id", "latency_ms", "error")
 GROUND_TRUTH_COLUMNS = ("request_id", "driver_id", "trip_completed", "observed_at")
+MODEL_PREDICTIONS_TABLE = "model_prediction_log"
+MODEL_GROUND_TRUTH_TABLE = "model_ground_truth"
+MODEL_BATCH_TABLE = "model_batch_predictions"
+MODEL_PREDICTION_COLUMNS = ("model_name", "request_id", "entity_key", "variant", "model_version", "features",
+                            "prediction", "probabilities", "predicted_at", "latency_ms", "error")
+MODEL_GROUND_TRUTH_COLUMNS = ("model_name", "request_id", "entity_key", "label", "observed_at")
+MODEL_BATCH_COLUMNS = ("run_id", "model_name", "entity_key", "model_version", "prediction", "probabilities",
+                       "scored_at")
 BATCH_COLUMNS = ("run_id", "driver_id", "event_timestamp", "score", "model_name", "model_version", "variant")
 
 
@@ -115,12 +130,56 @@ create table if not exists {BATCH_TABLE} (
 create index if not exists {BATCH_TABLE}_event_timestamp_idx on {BATCH_TABLE} (event_timestamp);
 alter table {BATCH_TABLE} add column if not exists variant text not null default 'champion';
 {_keyed_by_variant(BATCH_TABLE, "run_id, driver_id, variant")}
+
+create table if not exists {MODEL_PREDICTIONS_TABLE} (
+    model_name     text        not null,
+    request_id     text        not null,
+    entity_key     text        not null,
+    variant        text        not null default 'champion',
+    model_version  text        not null,
+    features       jsonb       not null,
+    prediction     text,
+    probabilities  jsonb,
+    predicted_at   timestamptz not null,
+    logged_at      timestamptz not null default now(),
+    latency_ms     real,
+    error          text,
+    primary key (model_name, request_id, entity_key, variant)
+);
+create index if not exists {MODEL_PREDICTIONS_TABLE}_predicted_at_idx on {MODEL_PREDICTIONS_TABLE}
+    (model_name, predicted_at);
+
+create table if not exists {MODEL_GROUND_TRUTH_TABLE} (
+    model_name   text        not null,
+    request_id   text        not null,
+    entity_key   text        not null,
+    label        text        not null,
+    observed_at  timestamptz not null,
+    logged_at    timestamptz not null default now(),
+    primary key (model_name, request_id, entity_key)
+);
+
+create table if not exists {MODEL_BATCH_TABLE} (
+    run_id         text        not null,
+    model_name     text        not null,
+    entity_key     text        not null,
+    model_version  text        not null,
+    prediction     text        not null,
+    probabilities  jsonb,
+    scored_at      timestamptz not null,
+    primary key (run_id, model_name, entity_key)
+);
 """
 
 _INSERT_PREDICTIONS = (f"insert into {PREDICTIONS_TABLE} ({', '.join(PREDICTION_COLUMNS)}) values %s "
                        "on conflict (request_id, driver_id, variant) do nothing")
 _INSERT_GROUND_TRUTH = (f"insert into {GROUND_TRUTH_TABLE} ({', '.join(GROUND_TRUTH_COLUMNS)}) values %s "
                         "on conflict (request_id, driver_id) do nothing")
+_INSERT_MODEL_PREDICTIONS = (f"insert into {MODEL_PREDICTIONS_TABLE} ({', '.join(MODEL_PREDICTION_COLUMNS)}) "
+                             "values %s on conflict (model_name, request_id, entity_key, variant) do nothing")
+_INSERT_MODEL_GROUND_TRUTH = (f"insert into {MODEL_GROUND_TRUTH_TABLE} ({', '.join(MODEL_GROUND_TRUTH_COLUMNS)}) "
+                              "values %s on conflict (model_name, request_id, entity_key) do nothing")
+_INSERT_MODEL_BATCH = f"insert into {MODEL_BATCH_TABLE} ({', '.join(MODEL_BATCH_COLUMNS)}) values %s"
 _INSERT_BATCH = f"insert into {BATCH_TABLE} ({', '.join(BATCH_COLUMNS)}) values %s"
 
 
@@ -151,3 +210,27 @@ def replace_batch_predictions(cur, run_id: str, rows: Sequence[tuple[Any, ...]])
     cur.execute(f"delete from {BATCH_TABLE} where run_id = %s", (run_id,))
     deleted = cur.rowcount
     return deleted, insert_rows(cur, _INSERT_BATCH, rows)
+
+
+def insert_model_predictions(cur, rows: Sequence[tuple[Any, ...]]) -> int:
+    """Rows in MODEL_PREDICTION_COLUMNS order (`features`, `probabilities` as JSON strings); returns the new ones."""
+    template = "(" + ", ".join("%s::jsonb" if c in ("features", "probabilities") else "%s"
+                               for c in MODEL_PREDICTION_COLUMNS) + ")"
+    return insert_rows(cur, _INSERT_MODEL_PREDICTIONS, rows, template)
+
+
+def insert_model_ground_truth(cur, rows: Sequence[tuple[Any, ...]]) -> int:
+    """Rows in MODEL_GROUND_TRUTH_COLUMNS order; returns how many were new."""
+    return insert_rows(cur, _INSERT_MODEL_GROUND_TRUTH, rows)
+
+
+def replace_model_batch_predictions(cur, run_id: str, model_name: str,
+                                    rows: Sequence[tuple[Any, ...]]) -> tuple[int, int]:
+    """Swap a run's rows of one model for `rows` (MODEL_BATCH_COLUMNS order) in the caller's transaction."""
+    wrong = sorted({f"{row[0]}/{row[1]}" for row in rows if (row[0], row[1]) != (run_id, model_name)})
+    if wrong:
+        raise ValueError(f"every row must belong to run {run_id!r} of model {model_name!r}, found {wrong[:3]}")
+    cur.execute(f"delete from {MODEL_BATCH_TABLE} where run_id = %s and model_name = %s", (run_id, model_name))
+    deleted = cur.rowcount
+    template = "(" + ", ".join("%s::jsonb" if c == "probabilities" else "%s" for c in MODEL_BATCH_COLUMNS) + ")"
+    return deleted, insert_rows(cur, _INSERT_MODEL_BATCH, rows, template)

@@ -1,5 +1,9 @@
-"""The API's request middleware: every request counted and timed by endpoint, status and model version,
-and a body over MAX_BODY_BYTES refused with 413 before any handler reads it."""
+"""The API's request middleware: every request counted and timed by endpoint, status, model version and model,
+and a body over MAX_BODY_BYTES refused with 413 before any handler reads it.
+
+The projects' routes count as endpoints `/models/{model_name}/predict` and `/models/{model_name}/feedback`
+with the model in the `model` label (an unknown model name as "unknown", so no client can add label values);
+the driver routes carry MODEL_NAME, the probes an empty model."""
 
 import time
 from typing import Any
@@ -10,6 +14,8 @@ from fastapi.responses import JSONResponse
 from model_serving.worker import Serving
 
 ENDPOINTS = frozenset({"/predict", "/feedback", "/health", "/ready", "/metrics", "/openapi.json", "/docs"})
+MODEL_ENDPOINTS = frozenset({"/predict", "/feedback"})
+MODEL_ACTIONS = frozenset({"predict", "feedback"})
 MAX_BODY_BYTES = 1024 * 1024
 
 
@@ -45,14 +51,25 @@ class RequestMetrics:
 
     def _count(self, scope: dict, status_code: str, elapsed: float) -> None:
         path = scope.get("path", "")
-        endpoint = path if path in ENDPOINTS else "other"
-        version = scope.get("state", {}).get("model_version")  # the version that answered, set by /predict
+        endpoint, model, slot = self._endpoint(path)
+        version = scope.get("state", {}).get("model_version")  # the version that answered, set by the handler
         if version is None:
-            current = self.serving.models.current
+            current = slot.model if slot is not None else self.serving.models.current
             version = current.version if current else "none"
-        labels = (endpoint, status_code, version)
+        labels = (endpoint, status_code, version, model)
         self.serving.metrics.requests.labels(*labels).inc()
         self.serving.metrics.latency.labels(*labels).observe(elapsed)
+
+
+    def _endpoint(self, path: str) -> tuple[str, str, object | None]:
+        """(endpoint, model, the project's slot) of a path."""
+        if path in ENDPOINTS:
+            return path, self.serving.settings.model_name if path in MODEL_ENDPOINTS else "", None
+        parts = path.split("/")
+        if len(parts) == 4 and parts[1] == "models" and parts[3] in MODEL_ACTIONS:
+            slot = self.serving.projects.get(parts[2])
+            return f"/models/{{model_name}}/{parts[3]}", parts[2] if slot is not None else "unknown", slot
+        return "other", "", None
 
 
 def _content_length(scope: dict) -> int | None:

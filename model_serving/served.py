@@ -69,17 +69,28 @@ class RecentRequests:
 
 
 class PredictionLogLookup:
-    """Asks PostgreSQL's prediction_log (feast database) over one lazily opened async connection."""
+    """Asks PostgreSQL's prediction_log (feast database) over one lazily opened async connection.
 
-    def __init__(self, settings: Settings, table: str = PREDICTIONS_TABLE) -> None:
+    `query` (with placeholders for the model name, request id and entity key) asks another log instead:
+    model_prediction_log for the projects' routes (`logged_for_model`).
+    """
+
+    def __init__(self, settings: Settings, table: str = PREDICTIONS_TABLE, query: str | None = None) -> None:
         self.settings = settings
         self.address = postgres.address(settings)
-        self.query = f"select 1 from {table} where request_id = %s and driver_id = %s limit 1"
+        self.query = query or f"select 1 from {table} where request_id = %s and driver_id = %s limit 1"
         self._conn: Any = None
         self._lock = asyncio.Lock()
 
     async def logged(self, request_id: str, driver_id: int) -> bool:
         """True when the pair is in prediction_log; raises LookupUnavailable when PostgreSQL fails."""
+        return await self._exists((request_id, driver_id), request_id)
+
+    async def logged_for_model(self, model_name: str, request_id: str, entity_key: int) -> bool:
+        """True when the model logged a prediction of the (request, entity); LookupUnavailable when PostgreSQL fails."""
+        return await self._exists((model_name, request_id, str(entity_key)), request_id)
+
+    async def _exists(self, params: tuple[Any, ...], request_id: str) -> bool:
         import psycopg
 
         async with self._lock:
@@ -87,7 +98,7 @@ class PredictionLogLookup:
                 async with asyncio.timeout(LOOKUP_TIMEOUT_SECONDS * 2):
                     if self._conn is None or self._conn.closed:
                         self._conn = await postgres.connect_async(self.settings, LOOKUP_TIMEOUT_SECONDS)
-                    cursor = await self._conn.execute(self.query, (request_id, driver_id))
+                    cursor = await self._conn.execute(self.query, params)
                     return await cursor.fetchone() is not None
             except psycopg.errors.UndefinedTable:
                 return False  # the prediction logger has not created its table yet: nothing was logged

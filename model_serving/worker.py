@@ -14,16 +14,18 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, HTTPException, status
 
 from mlops_platform.settings import Settings
+from model_serving import project_serving
 from model_serving.auth import BearerAuth
 from model_serving.event_channel import EventChannel
 from model_serving.features import FeatureDecoder, OnlineFeatures, load_spec
 from model_serving.metrics import ServingMetrics
 from model_serving.model_store import LoadedModel, ModelStore
+from model_serving.prediction_store import MODEL_PREDICTIONS_TABLE
 from model_serving.rollout_state import RolloutWatcher
 from model_serving.served import PredictionLogLookup, RecentRequests
 from model_serving.shadow import ShadowScorer
@@ -58,6 +60,8 @@ class Serving:
     features: OnlineFeatures | None = None
     features_problem: str = "feature definitions not loaded yet from Feast's registry"
     stop: threading.Event = field(default_factory=threading.Event)
+    projects: dict[str, Any] = field(default_factory=dict)  # model_name -> project_serving.ProjectSlot
+    model_lookup: PredictionLogLookup | None = None  # model_prediction_log, for the projects' /feedback
 
     def model_or_503(self) -> LoadedModel:
         model = self.models.current
@@ -87,7 +91,11 @@ def build_serving(settings: Settings, registry: "CollectorRegistry | None") -> S
         rollout=RolloutWatcher(settings, models,
                                on_change=lambda old, new: (metrics.rollout_changed(old, new), settle_heap()),
                                on_load_failure=lambda _reason: metrics.reload_failures.inc()))
-    metrics.events.declare([settings.predictions_topic, settings.ground_truth_topic])
+    serving.projects = project_serving.build_slots(settings, serving)
+    serving.model_lookup = PredictionLogLookup(settings, query=f"select 1 from {MODEL_PREDICTIONS_TABLE} where "
+                                               "model_name = %s and request_id = %s and entity_key = %s limit 1")
+    metrics.events.declare([settings.predictions_topic, settings.ground_truth_topic,
+                            settings.model_predictions_topic, settings.model_ground_truth_topic])
     return serving
 
 
@@ -99,6 +107,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
     threading.Thread(target=install_features, args=(serving, loop), name="feature-spec", daemon=True).start()
     serving.models.start()
+    project_serving.start(serving.projects, settings, serving.stop, loop)
     serving.rollout.start()
     serving.publisher.start()
     log.info("serving started", extra={"model_uri": settings.model_uri, "auth": settings.serving_auth,
@@ -109,12 +118,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         serving.stop.set()
         serving.models.stop()
+        await project_serving.stop(serving.projects)
         serving.rollout.stop()
         await serving.shadow.close()
         await asyncio.to_thread(serving.publisher.stop)
         if serving.features is not None:
             await serving.features.close()
         await serving.lookup.close()
+        if serving.model_lookup is not None:
+            await serving.model_lookup.close()
         serving.metrics.process_exit()
         log.info("serving stopped")
 

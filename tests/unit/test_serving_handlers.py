@@ -163,8 +163,11 @@ def test_every_route_and_every_refusal_is_in_the_schema(app_parts):
 
     client, _ = app_parts
     schema = client.get("/openapi.json").json()
-    routes = {route.path for route in client.app.routes if isinstance(route, APIRoute)}
-    assert set(schema["paths"]) == routes == {"/predict", "/feedback", "/health", "/ready", "/metrics"}
+    from mlops_platform.projects import PROJECTS
+
+    routes = {route.path for route in client.app.routes if isinstance(route, APIRoute) and route.include_in_schema}
+    projects = {f"/models/{p.model_name}/{action}" for p in PROJECTS.values() for action in ("predict", "feedback")}
+    assert set(schema["paths"]) == routes == {"/predict", "/feedback", "/health", "/ready", "/metrics", *projects}
     assert "text/plain" in schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
     for path, statuses in (("/predict", {"200", "401", "413", "422", "503"}),
                            ("/feedback", {"202", "401", "404", "413", "422", "503"})):
@@ -178,14 +181,15 @@ def test_an_oversized_body_is_refused_before_parsing(app_parts):
     assert response.status_code == 413
 
 
-def test_the_request_metrics_label_endpoint_status_and_model_version(app_parts):
+def test_the_request_metrics_label_endpoint_status_model_version_and_model(app_parts):
     client, serving = app_parts
     client.post("/predict", json={"driver_ids": [11, 12]}, headers=AUTH)
     client.post("/predict", json={"driver_ids": []}, headers=AUTH)
     client.get("/nowhere")
     text = client.get("/metrics").text
-    assert 'serving_requests_total{endpoint="/predict",model_version="3",status="200"} 1.0' in text
-    assert 'serving_requests_total{endpoint="/predict",model_version="3",status="422"} 1.0' in text
-    assert 'serving_requests_total{endpoint="other",model_version="3",status="404"} 1.0' in text
+    model = 'model="driver_trip_completion"'
+    assert f'serving_requests_total{{endpoint="/predict",{model},model_version="3",status="200"}} 1.0' in text
+    assert f'serving_requests_total{{endpoint="/predict",{model},model_version="3",status="422"}} 1.0' in text
+    assert 'serving_requests_total{endpoint="other",model="",model_version="3",status="404"} 1.0' in text
     assert 'serving_score_count{model_version="3"} 2.0' in text
 
