@@ -6,6 +6,11 @@ export under <PLATFORM_HOME>/batch_predictions/<run id>.parquet. While a rollout
 scores every driver too (a row per driver and variant). Re-running a run replaces its rows,
 so retries, clears and backfills are safe. The steps live in model_serving.batch;
 `python -m model_serving.batch --at <ISO>` runs the same ones without Airflow.
+
+Every other project of mlops_platform.projects gets a task of its own, `score_<project>`, beside the drivers':
+its latest row per key from its offline table, scored by its champion, into `model_batch_predictions`
+(model_serving.project_batch). A project with no champion yet is skipped, not failed: the drivers' batch and
+the other projects do not wait for it.
 """
 
 from __future__ import annotations
@@ -44,3 +49,27 @@ with DAG(
             raise AirflowFailException(str(error)) from error
 
     score_active_drivers()
+
+    from mlops_platform.projects import PROJECTS
+    from mlops_platform.settings import get_settings
+
+    for _project in PROJECTS.values():
+        if _project.model_name == get_settings().model_name:
+            continue
+
+        @task(task_id=f"score_{_project.name}")
+        def score_project(project_name: str, data_interval_end=None, run_id=None, dag_run=None) -> dict:
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            from mlops_platform.model_registry import NoChampion
+            from mlops_platform.projects import project
+            from mlops_platform.settings import get_settings
+            from model_serving.project_batch import score_project as score
+
+            at = data_interval_end or dag_run.run_after
+            try:
+                return score(project(project_name), at, run_id, get_settings()).as_dict()
+            except NoChampion as error:  # nothing to score with until the project's first model is promoted
+                raise AirflowSkipException(str(error)) from error
+
+        score_project(_project.name)

@@ -31,7 +31,11 @@ def test_batch_serving_is_daily_by_data_interval_and_retries(dagbag):
     assert isinstance(batch.timetable, CronDataIntervalTimetable)
     assert batch.timetable.summary in ("@daily", "0 0 * * *")
     assert not batch.catchup and batch.max_active_runs == 1
-    assert [t.task_id for t in batch.tasks] == ["score_active_drivers"]
+    from mlops_platform.projects import PROJECTS
+    from mlops_platform.settings import get_settings
+
+    others = [f"score_{p.name}" for p in PROJECTS.values() if p.model_name != get_settings().model_name]
+    assert [t.task_id for t in batch.tasks] == ["score_active_drivers", *others] and others
     assert all(t.retries >= 1 for t in batch.tasks)
 
 
@@ -50,6 +54,23 @@ def test_a_batch_run_triggered_without_a_logical_date_scores_as_of_its_trigger_t
     callable_(data_interval_end=None, run_id="manual", dag_run=SimpleNamespace(run_after=triggered))
     callable_(data_interval_end=interval_end, run_id="scheduled", dag_run=SimpleNamespace(run_after=triggered))
     assert calls == [(triggered, "manual"), (interval_end, "scheduled")]
+
+
+def test_a_project_without_a_champion_is_skipped_not_failed_in_the_batch(dagbag, monkeypatch):
+    from datetime import UTC, datetime
+
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    import model_serving.project_batch
+    from mlops_platform.model_registry import NoChampion
+
+    def no_champion(project, at, run_id, settings):
+        raise NoChampion(f"expected registered model {project.model_name!r} to have a champion")
+
+    monkeypatch.setattr(model_serving.project_batch, "score_project", no_champion)
+    task = dagbag.dags["batch_serving"].get_task("score_penguins")
+    with pytest.raises(AirflowSkipException, match="penguin_species"):
+        task.python_callable("penguins", data_interval_end=datetime(2026, 11, 22, tzinfo=UTC), run_id="r")
 
 
 def test_model_rollout_runs_by_hand_with_typed_bounded_params(dagbag):
