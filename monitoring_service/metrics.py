@@ -12,6 +12,7 @@ import warnings
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
 from monitoring_service.drift import DriftResult
+from monitoring_service.model_metrics import ModelMetrics
 from monitoring_service.quality import LiveQuality
 from monitoring_service.retrain_policy import REASONS
 from monitoring_service.rollout_metrics import RolloutMetrics
@@ -24,7 +25,7 @@ warnings.filterwarnings("ignore", message="Clearing labels has not been implemen
 READY = PREFIX + "ready"
 # The steps of an evaluation that can fail on their own; each is exported at 0 from the start, so a
 # dashboard shows "no errors" rather than "no data".
-EVALUATION_STEPS = ("window", "champion", "drift", "report", "retrain", "retrain_record", "rollout")
+EVALUATION_STEPS = ("window", "champion", "drift", "report", "retrain", "retrain_record", "rollout", "models")
 
 
 class MonitoringMetrics:
@@ -63,6 +64,7 @@ class MonitoringMetrics:
         self.evaluation_errors = Counter(PREFIX + "evaluation_errors", "Evaluation steps that failed, by step.",
                                          ["step"], registry=registry)
         self.rollout = RolloutMetrics(registry)  # the running rollout's comparison (rollout_metrics.py)
+        self.models = ModelMetrics(registry)  # every project's champion, with a `model` label (model_metrics.py)
         for reason in REASONS:
             self.retraining.labels(reason)
         for step in EVALUATION_STEPS:

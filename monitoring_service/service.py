@@ -2,7 +2,9 @@
 
 `Monitor.evaluate(now)` does one evaluation and is what the loop calls; tests call it with their own
 clock. Each step that cannot run (no champion, too few predictions, no reference, Airflow down) says
-why in one log line and leaves its numbers absent, and the others still run.
+why in one log line and leaves its numbers absent, and the others still run. Besides the driver
+champion of prediction_log, every project's champion of model_prediction_log is judged
+(monitoring_service.model_monitor), its numbers labelled by model.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from monitoring_service import trigger_store
 from monitoring_service.airflow_runs import failed_dag_runs
 from monitoring_service.drift import compute_drift
 from monitoring_service.metrics import MonitoringMetrics
+from monitoring_service.model_monitor import ModelMonitor
 from monitoring_service.quality import live_quality
 from monitoring_service.reference import NoReference, ReferenceCache
 from monitoring_service.reports import drift_caption, report_folder, write_report
@@ -52,6 +55,7 @@ class Evaluation:
     report: str | None = None
     triggered: dict | None = None
     rollout: dict | None = None  # the running rollout's decision, and what was done about it
+    models: dict | None = None  # each project's window of model_prediction_log (model_monitor.py)
     skipped: list[str] = field(default_factory=list)
 
     def as_log(self) -> dict:
@@ -73,6 +77,7 @@ class Monitor:
         self.trigger = trigger or self._trigger_training
         self.references = ReferenceCache(mlflow_client)
         self._watching: tuple[str, tuple[str, ...]] | None = None  # (version, features) last announced in the log
+        self.models = ModelMonitor(settings, metrics.models, mlflow_client)
         self.rollouts = RolloutMonitor(settings, metrics.rollout, mlflow_client, report_folder(settings))
         self.policy = RetrainPolicy(timedelta(minutes=settings.retrain_sustain_minutes),
                                     timedelta(minutes=settings.retrain_cooldown_minutes))
@@ -104,6 +109,7 @@ class Monitor:
         else:
             self._no_window()
         self._maybe_retrain(now, champion, drift_share, live_rmse, result)
+        self._models(now, result)
         self._airflow_failures(now, result)
         self.metrics.last_evaluation.set(now.timestamp())
         log.info("window evaluated", extra=result.as_log())
@@ -116,6 +122,13 @@ class Monitor:
             self.metrics.evaluation_errors.labels("rollout").inc()
             self.metrics.rollout.clear_numbers()
             result.skipped.append(f"rollout: {type(exc).__name__}: {exc}")
+
+    def _models(self, now: datetime, result: Evaluation) -> None:
+        try:
+            result.models = self.models.evaluate(Window.ending(now, self.settings.monitor_window_minutes))
+        except Exception as exc:  # PostgreSQL refusing: the driver numbers above still stand
+            self.metrics.evaluation_errors.labels("models").inc()
+            result.skipped.append(f"models: {type(exc).__name__}: {exc}")
 
     def _champion(self, result: Evaluation) -> Champion | None:
         name, alias = self.settings.model_name, self.settings.model_alias

@@ -82,6 +82,23 @@ MONITORING_SERVICE_METRICS = {
     "monitoring_rollout_max_error_rate": "gauge: ROLLOUT_MAX_ERROR_RATE",
     "monitoring_rollout_max_p99_ms": "gauge: ROLLOUT_MAX_P99_MS",
     "monitoring_rollout_decisions_total": "counter {decision}: rollouts promoted or rolled back",
+    # every project's champion on /models/{name}/predict (monitoring_service/model_metrics.py), label {model}
+    "monitoring_model_window_predictions": "gauge {model, model_version}: champion answers in the last window",
+    "monitoring_model_window_labeled_predictions": "gauge {model, model_version}: of them, with their label back",
+    "monitoring_model_feature_drift_score": "gauge {model, feature}: drift score of one feature",
+    "monitoring_model_feature_drifted": "gauge {model, feature}: 1 when the feature drifted",
+    "monitoring_model_drift_share": "gauge {model}: share of the model's features that drifted",
+    "monitoring_model_drift_detected": "gauge {model}: 1 when enough of its features drifted",
+    "monitoring_model_accuracy": "gauge {model}: accuracy of the labelled answers (classifiers)",
+    "monitoring_model_macro_precision": "gauge {model}: mean per-class precision (classifiers)",
+    "monitoring_model_macro_recall": "gauge {model}: mean per-class recall (classifiers)",
+    "monitoring_model_macro_f1": "gauge {model}: mean per-class F1 (classifiers)",
+    "monitoring_model_class_precision": "gauge {model, class}: precision of one class",
+    "monitoring_model_class_recall": "gauge {model, class}: recall of one class",
+    "monitoring_model_class_f1": "gauge {model, class}: F1 of one class",
+    "monitoring_model_class_labeled_outcomes": "gauge {model, class}: labels of that true class in the window",
+    "monitoring_model_live_rmse": "gauge {model}: RMSE of the scores against 0/1 labels (score models)",
+    "monitoring_model_live_mae": "gauge {model}: MAE of the scores against 0/1 labels (score models)",
 }
 
 # Grafana's variables, replaced by what Grafana would put there, so an expression can be parsed.
@@ -94,6 +111,8 @@ GRAFANA_VARIABLES = {
     "${__range}": "1h",
     "$model_version": ".*",
     "${model_version}": ".*",
+    "$model": ".*",
+    "${model}": ".*",
 }
 
 

@@ -125,6 +125,10 @@ def test_the_required_dashboards_show_what_they_are_for() -> None:
                          "monitoring_rollout_latency_p99_ms", "monitoring_rollout_error_rate",
                          "monitoring_rollout_brier_difference_low", "monitoring_rollout_brier_difference_high",
                          "serving_variant_requests_total"},
+        "model-monitoring.json": {"monitoring_model_drift_detected", "monitoring_model_feature_drift_score",
+                                  "monitoring_model_accuracy", "monitoring_model_macro_f1",
+                                  "monitoring_model_class_precision", "monitoring_model_class_recall",
+                                  "monitoring_model_class_f1", "monitoring_model_window_predictions"},
     }
     for name, metrics in required.items():
         assert name in by_file, f"dashboard {name} is missing"
@@ -139,6 +143,9 @@ def test_the_required_dashboards_show_what_they_are_for() -> None:
     assert "by (feature" in exprs["data-drift.json"], "drift must be shown per feature"
     assert "by (model_version)" in exprs["model-quality.json"], "live quality must be shown per model version"
     assert "by (variant, model_version)" in exprs["rollout.json"], "a rollout must be shown per variant"
+    model_queries = [e for e in exprs["model-monitoring.json"].splitlines() if e.strip()]
+    assert all('model=~"$model"' in e and "by (model" in e for e in model_queries), (
+        "every model monitoring query must follow the $model variable and keep the model label")
 
 
 def test_grafana_provisioning_and_container(dashboards) -> None:
