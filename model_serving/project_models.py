@@ -58,16 +58,28 @@ class ProjectModel:
 
 
 def logged_features(meta: Any, uri: str, project: Project) -> tuple[str, ...]:
-    """The input columns of the logged signature, which must be the project's features in order."""
+    """The model's input columns: the project's features, in order, as the logged signature states them.
+
+    A column signature must name exactly those columns. MLflow's keras flavour only takes a tensor signature
+    (no column names): its last dimension must then be the number of features, and the columns are the
+    project's features in the contract's order (as `metadata["features"]` says when the model logged it).
+    """
     signature = meta.signature
-    if signature is None or signature.inputs is None or not signature.inputs.has_input_names():
-        raise ModelLoadError(f"{uri} was logged without a signature naming its input columns; expected "
-                             f"{list(project.features)}")
-    logged = tuple(signature.inputs.input_names())
-    if logged != tuple(project.features):
-        raise ModelLoadError(f"{uri} takes columns {list(logged)}; project {project.name} serves "
-                             f"{list(project.features)} (same names, same order)")
-    return logged
+    expected = tuple(project.features)
+    if signature is None or signature.inputs is None:
+        raise ModelLoadError(f"{uri} was logged without an input signature; expected the columns {list(expected)}")
+    if signature.inputs.has_input_names() and not signature.inputs.is_tensor_spec():
+        logged = tuple(signature.inputs.input_names())
+        if logged != expected:
+            raise ModelLoadError(f"{uri} takes columns {list(logged)}; project {project.name} serves "
+                                 f"{list(expected)} (same names, same order)")
+        return logged
+    shapes = [tuple(spec.shape) for spec in signature.inputs.inputs]
+    named = tuple((meta.metadata or {}).get("features") or expected)
+    if len(shapes) != 1 or not shapes[0] or shapes[0][-1] != len(expected) or named != expected:
+        raise ModelLoadError(f"{uri} takes tensors of shapes {shapes} (features {list(named)}); expected one "
+                             f"tensor (-1, {len(expected)}) of the features {list(expected)} in this order")
+    return expected
 
 
 def keras_scorer(keras_model: Any, n_features: int) -> tuple[Callable[[np.ndarray], np.ndarray], str]:

@@ -33,7 +33,8 @@ ADELIE = {"island": "Torgersen", "bill_length_mm": 39.1, "bill_depth_mm": 18.7, 
 
 @pytest.fixture(scope="module")
 def keras_model():
-    """The contract's model shape (Normalization, Dense 10 relu, Dense 8 relu, Dense 3 softmax), untrained."""
+    """The contract's model shape (Normalization, Dense 10 relu, Dense 8 relu, Dense 3 softmax), trained a little:
+    fitting and predicting add nodes to the layers' graph, which must not hide the numpy form."""
     import keras
 
 
@@ -45,6 +46,9 @@ def keras_model():
     normalization.adapt(rows)
     model = keras.Sequential([keras.Input((N,)), normalization, keras.layers.Dense(10, activation="relu"),
                               keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(rows, rng.integers(0, 3, len(rows)), epochs=2, verbose=0)
+    model.predict(rows[:2], verbose=0)
     return model, rows
 
 
@@ -253,3 +257,41 @@ def test_a_prediction_message_breaking_the_contract_is_refused_naming_the_field(
     assert isinstance(validate_model_prediction(json.dumps(message).encode(), NOW), ModelPrediction)
     rejection = validate_model_prediction(json.dumps({**message, **change}).encode(), NOW)
     assert getattr(rejection, "field", None) == field, rejection
+
+
+# ---------------------------------------------------------------------------------------------
+# the project model store follows the alias (a real registry: MLflow on SQLite), and the batch rows
+# ---------------------------------------------------------------------------------------------
+def test_the_project_store_follows_the_alias_and_names_a_missing_champion(temporary_mlflow, monkeypatch):
+    from dataclasses import replace
+
+    from mlops_platform import model_registry
+    from model_serving.project_models import ProjectModel, ProjectModelStore
+    from tests.conftest import build_settings, register_version
+
+    project = replace(PENGUINS, model_name=f"penguins_{id(temporary_mlflow)}")
+    monkeypatch.setattr(model_registry, "polling_client", lambda uri: temporary_mlflow)
+    loads = []
+
+    def loader(project, version, run_id, uri):
+        loads.append(version)
+        return ProjectModel(project.model_name, version, run_id, project.features, project.classes,
+                            lambda m: np.full((len(m), 3), 1 / 3), "numpy form", 0.0)
+
+    store = ProjectModelStore(project, build_settings(), loader=loader)
+    assert not store.refresh() and store.current is None and project.model_name in store.problem
+    first = register_version(temporary_mlflow, project.model_name, alias="champion")
+    assert store.refresh() and store.current.version == first and store.problem == ""
+    assert not store.refresh() and loads == [first], "the same version is not loaded twice"
+    second = register_version(temporary_mlflow, project.model_name, alias="champion")
+    assert store.refresh() and store.current.version == second
+
+
+def test_batch_rows_carry_the_argmax_label_and_the_probabilities():
+    from model_serving.project_batch import rows_of
+
+    at = datetime(2026, 5, 1, tzinfo=UTC)
+    rows = rows_of(PENGUINS, "run-1", "2", np.array([4, 9]), np.array([[0.1, 0.7, 0.2], [0.6, 0.3, 0.1]]), at)
+    assert [(r[2], r[4]) for r in rows] == [("4", "Chinstrap"), ("9", "Adelie")]
+    assert json.loads(rows[0][5]) == {"Adelie": 0.1, "Chinstrap": 0.7, "Gentoo": 0.2}
+    assert rows[0][:2] == ("run-1", "penguin_species") and rows[0][3] == "2" and rows[0][6] == at
