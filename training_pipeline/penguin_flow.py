@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+import mlops_platform.keras_backend  # noqa: F401  (before mlflow.keras imports keras: Keras on JAX, CPU only)
 from feast_repo import penguin_features as contract
 from mlops_platform import model_registry
 from mlops_platform.projects import PENGUINS
@@ -221,10 +222,10 @@ def cross_validate_fold(context: Mapping[str, Any], fold: Mapping[str, int],
 def fit_final_model(context: Mapping[str, Any], settings: Settings | None = None) -> dict[str, Any]:
     """Fit on all non-holdout rows, evaluate on the holdout, log with MLflow's Keras flavour."""
     import mlflow
-    import mlflow.keras
     from mlflow.models import infer_signature
 
     from training_pipeline import penguin_model
+    from training_pipeline.keras_logging import log_keras_model
 
     run, settings = PenguinRun.from_dict(context), settings or get_settings()
     config, mlflow_client = run.training, run.client()
@@ -235,14 +236,17 @@ def fit_final_model(context: Mapping[str, Any], settings: Settings | None = None
                                     batch_size=config.batch_size, learning_rate=config.learning_rate, seed=run.seed)
         holdout = penguin_model.evaluate(network, x[splits.holdout], y[splits.holdout])
         baseline = classification_metrics.majority_baseline(y[splits.fit], y[splits.holdout])
-        features = frame[list(contract.FEATURE_NAMES)].astype(np.float32)
-        example = features.iloc[splits.fit[:5]]
-        signature = infer_signature(example, penguin_model.predict_proba(network, example.to_numpy()))
+        # MLflow's Keras flavour takes a tensor signature only: one float32 tensor (-1, 9) whose columns are
+        # FEATURE_NAMES in order, which the model's metadata names (serving checks both).
+        example = x[splits.fit[:5]]
+        signature = infer_signature(example, penguin_model.predict_proba(network, example).astype(np.float32))
         mlflow.set_experiment(experiment_id=run.experiment_id)
         with mlflow.start_run(run_id=run.parent_run_id), quiet_model_io():
-            info = mlflow.keras.log_model(network, name="model", signature=signature, input_example=example,
-                                          pip_requirements=penguin_model.requirements(),
-                                          tags={"project": PENGUINS.name, "git_commit": run.git_commit})
+            info = log_keras_model(network, name="model", signature=signature, input_example=example,
+                                   pip_requirements=penguin_model.requirements(),
+                                   metadata={"features": list(contract.FEATURE_NAMES),
+                                             "classes": list(contract.CLASSES), "project": PENGUINS.name},
+                                   tags={"project": PENGUINS.name, "git_commit": run.git_commit})
             _log_reference(frame.iloc[splits.fit], penguin_model.predict_proba(network, x[splits.fit]))
         tracking.log_metrics(mlflow_client, run.parent_run_id, {
             **{f"holdout_{k}": v for k, v in holdout.items()}, "majority_baseline": baseline,
@@ -315,6 +319,20 @@ def decide(challenger_f1: float, champion_f1: float | None) -> registry.Decision
                                                      f"champion's {champion_f1:.4f} on the same holdout; champion kept")
 
 
+def model_features(model) -> list[str]:
+    """A logged model's input columns: its column signature's names, or for a tensor signature (MLflow's Keras
+    flavour) the `features` its metadata lists."""
+    schema = model.metadata.get_input_schema()
+    if schema is None:
+        raise ValueError("the model was logged without a signature: its input columns are unknown")
+    if schema.is_tensor_spec():
+        named = (model.metadata.metadata or {}).get("features")
+        if not named:
+            raise ValueError("the model has a tensor signature and no metadata['features']: its columns are unknown")
+        return list(named)
+    return schema.input_names()
+
+
 def champion_holdout_metrics(model_uri: str, holdout: pd.DataFrame) -> dict[str, float]:
     """The champion's metrics on this run's holdout, through pyfunc and its own input columns."""
     import mlflow.pyfunc
@@ -323,7 +341,7 @@ def champion_holdout_metrics(model_uri: str, holdout: pd.DataFrame) -> dict[str,
 
     with quiet_model_io():
         champion = mlflow.pyfunc.load_model(model_uri)
-    columns = registry.input_columns(champion)
+    columns = model_features(champion)
     unknown = [c for c in columns if c not in holdout]
     if unknown:
         raise ConfigError(f"the champion {model_uri} needs columns {unknown} that the penguin training set does "
