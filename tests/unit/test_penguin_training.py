@@ -232,3 +232,38 @@ def test_the_cli_has_a_flag_per_option():
 
     args = parser().parse_args(["--epochs", "5", "--batch-size", "8", "--holdout-share", "0.25"])
     assert (args.epochs, args.batch_size, args.holdout_share) == (5, 8, 0.25)
+
+
+# ---------------------------------------------------------------------------------------------
+# logging the Keras flavour with an input example
+# ---------------------------------------------------------------------------------------------
+def test_a_keras_model_logs_with_its_input_example_and_loads_both_ways(temporary_mlflow, penguins):
+    import mlflow
+    import mlflow.keras
+    import mlflow.pyfunc
+    from mlflow.models import infer_signature
+
+    from tests.conftest import TEST_EXPERIMENT
+    from training_pipeline.keras_logging import log_keras_model
+    from training_pipeline.penguin_flow import model_features
+
+    x = penguin_model.inputs(penguins)
+    network = penguin_model.build_model(x, learning_rate=0.01, seed=3)
+    saved = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(temporary_mlflow.tracking_uri)
+    try:
+        experiment = temporary_mlflow.get_experiment_by_name(TEST_EXPERIMENT).experiment_id
+        with mlflow.start_run(experiment_id=experiment):
+            info = log_keras_model(network, signature=infer_signature(x[:5], penguin_model.predict_proba(
+                network, x[:5]).astype(np.float32)), input_example=x[:5], metadata={"features": list(FEATURE_NAMES)},
+                pip_requirements=penguin_model.requirements())
+        pyfunc = mlflow.pyfunc.load_model(info.model_uri)
+        keras_model = mlflow.keras.load_model(info.model_uri)
+        assert info.saved_input_example_info is not None
+    finally:
+        mlflow.set_tracking_uri(saved)
+    assert model_features(pyfunc) == list(FEATURE_NAMES)
+    frame = penguins[list(FEATURE_NAMES)].astype("float32").head(4)
+    expected = penguin_model.predict_proba(network, frame.to_numpy())
+    np.testing.assert_allclose(np.asarray(pyfunc.predict(frame)), expected, atol=1e-6)
+    assert type(keras_model.layers[0]).__name__ == "Normalization"
