@@ -7,14 +7,21 @@ way beside it when its champion serves. Needs a `penguin_species@champion` (a sm
 when there is none) and `bash run.sh all up`:
 
     .venv/bin/python -m benchmarks.bench_project_serving [--rate 200] [--seconds 10] [--instances 1 10]
+
+A first row measures GET /health at the same rate: on a shared machine it tells how much of the tail is the
+machine's and the HTTP stack's, not the route's.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import json
 import os
 import statistics
+import subprocess
+import sys
 
 from benchmarks.common import print_table
 from benchmarks.serving_load import Ranked, open_loop
@@ -35,8 +42,15 @@ def ensure_champion(settings) -> str:
     return register_keras_champion(settings, penguin_rows())
 
 
-def penguin_call(client, url: str, instances: list[dict]):
+def penguin_call(client, url: str, instances: list[dict] | None):
+    """A call of the route, or with `instances` None a GET of `url` (the /health baseline: what the machine and
+    the HTTP stack alone cost at the same rate)."""
     async def call(_ids: list[int]) -> list[int]:
+        if instances is None:
+            response = await client.get(url)
+            if response.status_code != 200:
+                raise Ranked(f"answered {response.status_code}")
+            return [0]
         response = await client.post(url, json={"instances": instances})
         if response.status_code != 200:
             raise Ranked(f"answered {response.status_code}: {response.text[:200]}")
@@ -44,7 +58,7 @@ def penguin_call(client, url: str, instances: list[dict]):
     return call
 
 
-async def measure(url: str, instances: list[dict], rate: float, seconds: float, repeats: int) -> dict:
+async def measure(url: str, instances: list[dict] | None, rate: float, seconds: float, repeats: int) -> dict:
     import httpx
 
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
@@ -58,30 +72,45 @@ async def measure(url: str, instances: list[dict], rate: float, seconds: float, 
             "load": os.getloadavg()[0]}
 
 
-def main(argv: list[str] | None = None) -> int:
-    from feast_repo import penguin_features as contract
-    from mlops_platform.projects import PENGUINS
-    from mlops_platform.settings import get_settings
+def prepare() -> dict:
+    """The champion's version and the route's URL, from a subprocess: the load generator then carries no MLflow
+    (nor its threads and garbage), only httpx."""
+    command = [sys.executable, "-m", "benchmarks.bench_project_serving", "--prepare-only"]
+    result = subprocess.run(command, capture_output=True, text=True, check=True, timeout=600)
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=200.0, help="requests a second")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each run")
     parser.add_argument("--repeats", type=int, default=3, help="runs per cell (median reported)")
     parser.add_argument("--instances", type=int, nargs="+", default=[1, 10], help="instances per request")
+    parser.add_argument("--prepare-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    settings = get_settings()
-    version = ensure_champion(settings)
-    url = f"{settings.serving_url}/models/{PENGUINS.model_name}/predict"
+    if args.prepare_only:
+        from mlops_platform.projects import PENGUINS
+        from mlops_platform.settings import get_settings
+
+        settings = get_settings()
+        print(json.dumps({"version": ensure_champion(settings), "model": PENGUINS.model_name,
+                          "url": f"{settings.serving_url}/models/{PENGUINS.model_name}/predict"}))
+        return 0
+    prepared = prepare()
+    version, url = prepared["version"], prepared["url"]
+    gc.freeze()
     raw = {"island": "Biscoe", "bill_length_mm": 46.5, "bill_depth_mm": 15.2, "flipper_length_mm": 215.0,
            "body_mass_g": 5200.0, "sex": "female"}
-    assert set(raw) | {contract.LABEL} == set(contract.RAW_FIELDS)
     rows = []
-    for count in args.instances:
-        instances = [{"penguin_id": i + 1, **raw} for i in range(count)]
-        result = asyncio.run(measure(url, instances, args.rate, args.seconds, args.repeats))
-        rows.append([f"{PENGUINS.model_name} v{version}", count, args.rate, f"{result['achieved_rps']:.0f}",
-                     f"{result['p50_ms']:.1f}", f"{result['p99_ms']:.1f}", result["errors"], f"{result['load']:.1f}"])
-    print_table(f"POST /models/{PENGUINS.model_name}/predict, inline instances, open loop",
+    health = url.split("/models/")[0] + "/health"
+    cells = [("GET /health (baseline)", health, None)]
+    cells += [(f"{prepared['model']} v{version}", url, [{"penguin_id": i + 1, **raw} for i in range(count)])
+              for count in args.instances]
+    for name, target, instances in cells:
+        result = asyncio.run(measure(target, instances, args.rate, args.seconds, args.repeats))
+        rows.append([name, len(instances or ()), args.rate, f"{result['achieved_rps']:.0f}", f"{result['p50_ms']:.1f}",
+                     f"{result['p99_ms']:.1f}", result["errors"], f"{result['load']:.1f}"])
+    print_table(f"POST /models/{prepared['model']}/predict, inline instances, open loop",
                 ("model", "instances", "rate", "achieved", "p50 ms", "p99 ms", "errors", "load"), rows)
     return 0
 
