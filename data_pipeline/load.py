@@ -1,7 +1,7 @@
 """Writes to the offline store, for the caller's transaction: rows, quarantined rows and run records.
 
 Rows go through PostgreSQL COPY into a temporary staging table (the fastest way in), then into the
-dataset's table with `ON CONFLICT (driver_id, event_timestamp) DO NOTHING`: the first write of a key
+dataset's table with `ON CONFLICT (<key>) DO NOTHING`: the first write of a key
 wins, so loading the same rows twice adds nothing.
 """
 
@@ -22,15 +22,18 @@ import pyarrow.csv as arrow_csv
 from data_pipeline.offline_store import (
     ORDERS_COLUMNS,
     ORDERS_TABLE,
+    PENGUINS_COLUMNS,
+    PENGUINS_TABLE,
     QUARANTINE_TABLE,
     RUNS_TABLE,
     STATS_COLUMNS,
     STATS_TABLE,
 )
 from data_pipeline.raw_csv import MalformedLine
-from data_pipeline.validate import COLUMNS, ORDERS, STATS
+from data_pipeline.validate import COLUMNS, KEYS, ORDERS, PENGUINS, STATS
 
-TABLES = {STATS: (STATS_TABLE, STATS_COLUMNS), ORDERS: (ORDERS_TABLE, ORDERS_COLUMNS)}
+TABLES = {STATS: (STATS_TABLE, STATS_COLUMNS), ORDERS: (ORDERS_TABLE, ORDERS_COLUMNS),
+          PENGUINS: (PENGUINS_TABLE, PENGUINS_COLUMNS)}
 
 
 def _rows_csv(valid: pd.DataFrame, columns: tuple[str, ...]) -> io.BytesIO:
@@ -52,15 +55,15 @@ def insert_rows(cur, dataset: str, valid: pd.DataFrame, source: str) -> int:
     The staging table takes the target's column types and disappears with the transaction.
     """
     table, columns = TABLES[dataset]
-    names = ", ".join(columns)
+    names, key = ", ".join(columns), ", ".join(KEYS[dataset])
     cur.execute("set local timezone = 'UTC'")  # the CSV's timestamps are naive UTC
     cur.execute("drop table if exists pg_temp.stage_rows")
     cur.execute(f"create temp table stage_rows on commit drop as select {names} from {table} with no data")
     cur.copy_expert(f"copy stage_rows ({names}) from stdin with (format csv)", _rows_csv(valid, columns))
     cur.execute(
         f"insert into {table} ({names}, source) select {names}, %s from stage_rows "
-        "order by driver_id, event_timestamp "  # in primary-key order: each index page is touched once
-        "on conflict (driver_id, event_timestamp) do nothing",
+        f"order by {key} "  # in primary-key order: each index page is touched once
+        f"on conflict ({key}) do nothing",
         (source,),
     )
     return cur.rowcount

@@ -1,6 +1,7 @@
 """The offline store's tables in the `feast` PostgreSQL database (connections: mlops_platform.postgres).
 
 `driver_hourly_stats` is what Feast's PostgreSQLSource reads; `orders` holds the labels;
+`penguin_measurements` holds the penguins (features, indicator columns and the species, their label);
 `quarantine` keeps every rejected row with its reason and where it came from; `ingestion_runs`
 records what each file contributed, so a re-run of the same file is recognised and adds nothing.
 
@@ -12,17 +13,20 @@ from __future__ import annotations
 
 import re
 
+from feast_repo import penguin_features as penguin
 from feast_repo.features import CREATED_FIELD, FEATURE_NAMES, JOIN_KEY, OFFLINE_TABLE, TIMESTAMP_FIELD
 from mlops_platform.postgres import schema_lock
 from mlops_platform.settings import Settings
 
 STATS_TABLE = OFFLINE_TABLE
 ORDERS_TABLE = "orders"
+PENGUINS_TABLE = penguin.OFFLINE_TABLE
 QUARANTINE_TABLE = "quarantine"
 RUNS_TABLE = "ingestion_runs"
 
 # What the orchestrator calls the stats table: ingestion updates it, materialization is scheduled on it.
 STATS_ASSET_URI = f"postgres://postgres:5432/feast/public/{STATS_TABLE}"
+PENGUINS_ASSET_URI = f"postgres://postgres:5432/feast/public/{PENGUINS_TABLE}"
 
 # What an ingestion run ends as: its rows loaded, the file rejected (unreadable, too many invalid rows),
 # or its load failed on something unforeseen (rolled back).
@@ -32,6 +36,9 @@ _RUN_STATUSES_SQL = ", ".join(f"'{status}'" for status in RUN_STATUSES)
 
 STATS_COLUMNS = (JOIN_KEY, TIMESTAMP_FIELD, CREATED_FIELD, *FEATURE_NAMES)
 ORDERS_COLUMNS = ("event_timestamp", "driver_id", "trip_completed")
+PENGUINS_COLUMNS = (penguin.JOIN_KEY, penguin.TIMESTAMP_FIELD, penguin.CREATED_FIELD, penguin.LABEL, "island", "sex",
+                    *penguin.FEATURE_NAMES)
+_PENGUIN_NUMBERS = ",\n".join(f"    {name:<18}real        not null" for name in penguin.FEATURE_NAMES)
 
 DDL = f"""
 create table if not exists {STATS_TABLE} (
@@ -56,6 +63,23 @@ create table if not exists {ORDERS_TABLE} (
     primary key (driver_id, event_timestamp)
 );
 create index if not exists {ORDERS_TABLE}_event_timestamp_idx on {ORDERS_TABLE} (event_timestamp);
+
+create table if not exists {PENGUINS_TABLE} (
+    {penguin.JOIN_KEY:<17}bigint      not null,
+    event_timestamp  timestamptz not null,
+    created          timestamptz not null,
+    species          text        null,
+    island           text        not null,
+    sex              text        null,
+{_PENGUIN_NUMBERS},
+    source           text        not null,
+    loaded_at        timestamptz not null default now(),
+    primary key ({penguin.JOIN_KEY}, event_timestamp)
+);
+-- Tables written before ingestion knew penguins (by hand, from the contract) lack the lineage columns.
+alter table {PENGUINS_TABLE} add column if not exists source text not null default 'unknown';
+alter table {PENGUINS_TABLE} add column if not exists loaded_at timestamptz not null default now();
+create index if not exists {PENGUINS_TABLE}_event_timestamp_idx on {PENGUINS_TABLE} (event_timestamp);
 
 create table if not exists {QUARANTINE_TABLE} (
     id              bigserial   primary key,

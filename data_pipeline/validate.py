@@ -1,7 +1,8 @@
 """Validation of raw landed rows, so only typed, in-range, unique rows reach the offline store.
 
 Upstream files are messy: numbers and timestamps may arrive as text, values may be missing or out
-of range, and a key may be delivered twice. Each raw frame is parsed column by column (vectorised;
+of range, a category may be outside its vocabulary, and a key may be delivered twice. Each raw
+frame is parsed column by column (vectorised;
 what cannot be parsed becomes null and is reported with its raw value). A value its PostgreSQL column
 cannot hold (inf, NaN, an integer float64 no longer holds exactly, a rate too small for a real, a
 timestamp outside 1677..2262) is set aside with a rule of its own, so no such value ever reaches a load.
@@ -19,25 +20,37 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
-import pyarrow as arrow
-import pyarrow.compute as pc
+
+from data_pipeline.categories import CATEGORIES, parse_category, with_indicators
+from data_pipeline.parse_values import (
+    TIMESTAMP_FORMAT,  # noqa: F401  (what upstream is asked for, exported here)
+    is_missing,
+    missing_cells,
+    parse_numbers,
+    parse_timestamps,
+)
+from feast_repo import penguin_features as penguin
 
 STATS = "driver_stats"
 ORDERS = "orders"
-DATASETS = (STATS, ORDERS)
-KEY = ("driver_id", "event_timestamp")
+PENGUINS = "penguins"
+DATASETS = (STATS, ORDERS, PENGUINS)
+KEY = ("driver_id", "event_timestamp")  # the driver datasets' key
+KEYS = {STATS: KEY, ORDERS: KEY, PENGUINS: (penguin.JOIN_KEY, penguin.TIMESTAMP_FIELD)}
 
 # Column kinds of each dataset's raw files, in file order.
 COLUMNS: dict[str, dict[str, str]] = {
     STATS: {"driver_id": "id", "event_timestamp": "timestamp", "created": "timestamp",
             "conv_rate": "rate", "acc_rate": "rate", "avg_daily_trips": "count"},
     ORDERS: {"event_timestamp": "timestamp", "driver_id": "id", "trip_completed": "flag"},
+    PENGUINS: {penguin.JOIN_KEY: "id", penguin.TIMESTAMP_FIELD: "timestamp", penguin.CREATED_FIELD: "timestamp",
+               penguin.LABEL: "species", "island": "island",
+               **{name: "measurement" for name in penguin.MEASUREMENT_NAMES}, "sex": "sex"},
 }
-TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S%z"  # what upstream is asked for; other ISO 8601 forms still parse
 DEFAULT_EARLIEST = datetime(2015, 1, 1, tzinfo=UTC)
 DEFAULT_MAX_FUTURE = timedelta(days=1)
 
-_PARSE_EXPECTATION = {"timestamp": "an ISO 8601 timestamp"}
+_PARSE_EXPECTATION = {"timestamp": "an ISO 8601 timestamp", "island": f"one of {list(penguin.ISLANDS)}"}
 _NUMBER = "a number"
 
 
@@ -74,7 +87,6 @@ def _utc(value: pd.Timestamp) -> pd.Timestamp:
 EXACT_INTEGER = 2**53 - 1  # float64 holds every whole number up to here exactly; well inside bigint
 REAL_SMALLEST = float(np.finfo(np.float32).smallest_subnormal)
 REAL_LARGEST = float(np.finfo(np.float32).max)
-_NS_LOW, _NS_HIGH = pd.Timestamp.min.tz_localize("UTC"), pd.Timestamp.max.tz_localize("UTC")
 _NAN_TEXT = frozenset({"nan", "+nan", "-nan"})
 
 
@@ -84,77 +96,6 @@ class Unrepresentable(NamedTuple):
     rows: np.ndarray  # boolean mask over the frame's rows
     rule: str  # the rule's name, as in the reasons
     expectation: str  # what the value must be
-
-
-def _is_missing(value: object) -> bool:
-    """No value delivered (None, NA, NaT, a null NaN); a float NaN counts as missing only here, for text forms."""
-    return value is None or (not isinstance(value, str) and pd.api.types.is_scalar(value) and bool(pd.isna(value)))
-
-
-def _missing(raw: pd.Series) -> np.ndarray:
-    """Cells with no value: None, NA, NaT. A float NaN is a value (not a number), judged by the finite rule."""
-    if isinstance(raw.dtype, np.dtype) and raw.dtype.kind == "f":  # numpy floats cannot tell them apart: NaN it is
-        return np.zeros(len(raw), dtype=bool)
-    missing = raw.isna().to_numpy()  # nullable floats (Float64) keep NaN apart from NA already
-    if raw.dtype == object:
-        for position in np.flatnonzero(missing):  # few: only the null-looking cells
-            missing[position] = not isinstance(raw.iat[position], float | np.floating)
-    return missing
-
-
-def _timestamp_text(raw: pd.Series) -> arrow.Array:
-    try:
-        return arrow.array(raw, type=arrow.string(), from_pandas=True)
-    except (arrow.ArrowInvalid, arrow.ArrowTypeError):  # not all text: judge each value's text form
-        return arrow.array([None if _is_missing(v) else str(v) for v in raw], type=arrow.string())
-
-
-def _in_nanoseconds(parsed: pd.Series) -> tuple[pd.Series, np.ndarray]:
-    """UTC timestamps at pandas' nanosecond unit; those outside its range (1677..2262) become NaT and are flagged."""
-    outside = (parsed.notna() & ((parsed < _NS_LOW) | (parsed > _NS_HIGH))).to_numpy()
-    if outside.any():
-        parsed = parsed.where(~outside)
-    return parsed.astype("datetime64[ns, UTC]"), outside
-
-
-def parse_timestamps(raw: pd.Series) -> tuple[pd.Series, np.ndarray]:
-    """UTC timestamps from text or timestamps, and which were too far from today to hold (outside 1677..2262).
-
-    The agreed format is parsed in C, anything else by pandas; what does not parse becomes NaT.
-    """
-    if pd.api.types.is_datetime64_any_dtype(raw.dtype):
-        parsed = raw.dt.tz_localize("UTC") if raw.dt.tz is None else raw.dt.tz_convert("UTC")
-        return _in_nanoseconds(parsed)
-    fast = pc.strptime(_timestamp_text(raw), format=TIMESTAMP_FORMAT, unit="s", error_is_null=True)
-    parsed, outside = _in_nanoseconds(pd.Series(fast.to_pandas(), index=raw.index).dt.tz_convert("UTC"))
-    retry = parsed.isna() & raw.notna() & ~outside
-    if retry.any():
-        parsed[retry] = pd.to_datetime(raw[retry].astype(str), format="ISO8601", utc=True, errors="coerce")
-    return parsed, outside
-
-
-def _one_number(value: object) -> float:
-    try:
-        return float(pd.to_numeric(pd.Series([value], dtype=object), errors="coerce").iloc[0])
-    except (TypeError, ValueError):
-        return np.nan
-
-
-def parse_numbers(raw: pd.Series, allow_bool: bool = False) -> pd.Series:
-    """float64 from text or numbers (inf stays inf); anything else, booleans unless allowed, becomes NaN."""
-    if pd.api.types.is_bool_dtype(raw.dtype):
-        values = raw.to_numpy(dtype="float64", na_value=np.nan) if allow_bool else np.full(len(raw), np.nan)
-        return pd.Series(values, index=raw.index)
-    if pd.api.types.is_numeric_dtype(raw.dtype) and raw.dtype.kind != "c":
-        return pd.Series(raw.to_numpy(dtype="float64", na_value=np.nan), index=raw.index)
-    values = raw.astype(object)
-    if not allow_bool:
-        values = values.where([not isinstance(v, bool | np.bool_) for v in values], None)
-    try:
-        parsed = pd.to_numeric(values, errors="coerce")
-    except (TypeError, ValueError):  # values pandas cannot even look at (lists, mappings): one at a time
-        parsed = values.map(_one_number)
-    return pd.Series(np.asarray(parsed, dtype="float64"), index=raw.index)
 
 
 def _nan_values(raw: pd.Series, typed: pd.Series, missing: np.ndarray) -> np.ndarray:
@@ -172,7 +113,7 @@ def _nan_values(raw: pd.Series, typed: pd.Series, missing: np.ndarray) -> np.nda
 
 def _number_problems(raw: pd.Series, typed: pd.Series, kind: str) -> list[Unrepresentable]:
     values = typed.to_numpy()
-    non_finite = np.isinf(values) | _nan_values(raw, typed, _missing(raw))
+    non_finite = np.isinf(values) | _nan_values(raw, typed, missing_cells(raw))
     magnitude = np.abs(np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0))
     if kind in {"id", "count", "flag"}:  # bigint, through float64
         beyond = Unrepresentable(magnitude > EXACT_INTEGER, "exact_integer",
@@ -202,6 +143,11 @@ def parse(raw: pd.DataFrame, dataset: str,
         if kind == "timestamp":
             typed[column], outside = parse_timestamps(raw[column])
             problems[column] = [Unrepresentable(outside, "timestamp_window", window_text)]
+        elif kind in CATEGORIES:
+            typed[column], unknown = parse_category(raw[column], kind)
+            problems[column] = [Unrepresentable(unknown, "known_category",
+                                                f"must be one of {list(CATEGORIES[kind][0])}"
+                                                + (" or missing" if CATEGORIES[kind][1] else ""))]
         else:
             typed[column] = parse_numbers(raw[column], allow_bool=kind == "flag")
             problems[column] = _number_problems(raw[column], typed[column], kind)
@@ -231,12 +177,18 @@ def schema(dataset: str, window: TimestampWindow | None = None) -> pa.DataFrameS
         "count": [_whole_number(), pa.Check.ge(0)],
         "flag": [pa.Check.isin([0, 1])],
     }
-    columns = {
-        column: pa.Column("datetime64[ns, UTC]" if kind == "timestamp" else "float64",
-                          checks=checks[kind], nullable=False)
-        for column, kind in COLUMNS[dataset].items()
-    }
-    return pa.DataFrameSchema(columns, unique=list(KEY), report_duplicates="exclude_first", name=dataset)
+    columns = {column: _column(column, kind, checks) for column, kind in COLUMNS[dataset].items()}
+    return pa.DataFrameSchema(columns, unique=list(KEYS[dataset]), report_duplicates="exclude_first", name=dataset)
+
+
+def _column(column: str, kind: str, checks: dict[str, list[pa.Check]]) -> pa.Column:
+    if kind in CATEGORIES:  # the vocabulary was checked while parsing: only whether a value may be missing
+        return pa.Column(object, nullable=CATEGORIES[kind][1])
+    if kind == "measurement":
+        low, high = penguin.MEASUREMENT_BOUNDS[column]
+        return pa.Column("float64", checks=[pa.Check.in_range(low, high)], nullable=False)
+    return pa.Column("datetime64[ns, UTC]" if kind == "timestamp" else "float64", checks=checks[kind],
+                     nullable=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,6 +200,8 @@ _RULES = {
     "greater_than_or_equal_to(1)": "must be >= 1",
     "isin([0, 1])": "must be 0 or 1",
     "whole_number": "must be a whole number",
+    **{f"in_range({low}, {high})": f"must be between {low:g} and {high:g}"
+       for low, high in penguin.MEASUREMENT_BOUNDS.values()},
 }
 
 
@@ -257,7 +211,7 @@ def _iso(value: pd.Timestamp) -> str:
 
 def _show(value: object) -> str:
     """A raw value as a reason quotes it: text in quotes (escaped), numbers as written, null for nothing."""
-    if _is_missing(value) and not isinstance(value, float | np.floating):
+    if is_missing(value) and not isinstance(value, float | np.floating):
         return "null"
     if isinstance(value, str):
         return repr(value)  # escapes NULs and control characters
@@ -302,14 +256,15 @@ def _unrepresentable_reasons(problems: dict[str, list[Unrepresentable]], raw: pd
     return pd.concat(parts) if parts else pd.DataFrame({"row": [], "position": [], "text": []})
 
 
-def _duplicate_reasons(rows: np.ndarray, typed: pd.DataFrame, row_numbers: np.ndarray) -> pd.Series:
+def _duplicate_reasons(rows: np.ndarray, typed: pd.DataFrame, row_numbers: np.ndarray, dataset: str) -> pd.Series:
     """'duplicate key ...' for each later occurrence, pointing at the first one, which stays valid."""
-    keyed = typed[list(KEY)]
-    repeated = keyed[keyed.duplicated(list(KEY), keep=False)]
-    first = repeated.reset_index(names="row").groupby(list(KEY), sort=False)["row"].transform("min")
+    key = list(KEYS[dataset])
+    keyed = typed[key]
+    repeated = keyed[keyed.duplicated(key, keep=False)]
+    first = repeated.reset_index(names="row").groupby(key, sort=False)["row"].transform("min")
     first.index = repeated.index
     reasons = [
-        f"duplicate key (driver_id={int(typed.at[row, 'driver_id'])}, "
+        f"duplicate key ({key[0]}={int(typed.at[row, key[0]])}, "
         f"event_timestamp={_iso(typed.at[row, 'event_timestamp'])}) (rule unique), "
         f"first seen at row {int(row_numbers[int(first[row])])}"
         for row in rows
@@ -367,8 +322,8 @@ def _schema_reasons(errors: pa.errors.SchemaErrors, problems: dict[str, list[Unr
                                      window_text)
     duplicate_rows = np.unique(cases.loc[is_duplicate, "index"].to_numpy())
     # A key with a missing part is no key: those rows already fail on the null or unparseable part.
-    keyed = typed.loc[duplicate_rows, list(KEY)].notna().all(axis=1).to_numpy()
-    return column_reasons, _duplicate_reasons(duplicate_rows[keyed], typed, numbers)
+    keyed = typed.loc[duplicate_rows, list(KEYS[dataset])].notna().all(axis=1).to_numpy()
+    return column_reasons, _duplicate_reasons(duplicate_rows[keyed], typed, numbers, dataset)
 
 
 def _reasons_by_row(parts: list[pd.DataFrame], duplicates: pd.Series) -> pd.Series:
@@ -396,4 +351,6 @@ def _split(raw: pd.DataFrame, typed: pd.DataFrame, numbers: np.ndarray, joined: 
     valid = typed.loc[~bad]
     valid.index = pd.Index(numbers[~bad])
     integers = {c: "int64" for c, kind in COLUMNS[dataset].items() if kind in {"id", "count", "flag"}}
-    return Validated(valid.astype(integers), rejected)
+    valid = valid.astype(integers)
+    return Validated(with_indicators(valid) if dataset == PENGUINS else valid, rejected)
+

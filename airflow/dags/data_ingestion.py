@@ -1,8 +1,9 @@
 """data_ingestion: landed raw files of one day -> validated offline store, invalid rows quarantined.
 
 One run per data interval (a day). Re-running an interval adds nothing, so catch-up and backfills
-are safe. When driver stats were loaded it updates the `driver_hourly_stats` asset, which starts
-feature_materialization. Triggered with `{"scope": "all"}`, a run takes every landed file not loaded
+are safe. When driver stats (or penguins) were loaded it updates the `driver_hourly_stats` (or
+`penguin_measurements`) asset, which starts feature_materialization; a day with no penguin file is fine.
+Triggered with `{"scope": "all"}`, a run takes every landed file not loaded
 yet, whatever its day (what the demo does after landing three weeks at once).
 
 A rejected or failed file does not stop the others: both ingest tasks load every good file and return
@@ -19,9 +20,10 @@ import pendulum
 from airflow.sdk import DAG, Asset, Param, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from data_pipeline.offline_store import STATS_ASSET_URI
+from data_pipeline.offline_store import PENGUINS_ASSET_URI, STATS_ASSET_URI
 
 DRIVER_STATS_ASSET = Asset(STATS_ASSET_URI)
+PENGUINS_ASSET = Asset(PENGUINS_ASSET_URI)
 
 with DAG(
     dag_id="data_ingestion",
@@ -55,14 +57,23 @@ with DAG(
                                    raise_on_rejected=False)
         return batch.summary("orders")
 
+    @task(outlets=[PENGUINS_ASSET])
+    def ingest_penguins(data_interval_start=None, data_interval_end=None, outlet_events=None, params=None) -> dict:
+        from data_pipeline.ingest import ingest_scope
+
+        batch, start, end = ingest_scope(params["scope"], data_interval_start, data_interval_end, "penguins",
+                                         raise_on_rejected=False)
+        outlet_events[PENGUINS_ASSET].extra = {"interval_start": start.isoformat(), "interval_end": end.isoformat()}
+        return batch.summary("penguins")
+
     @task
-    def check_every_file_loaded(stats: dict, orders: dict) -> None:
+    def check_every_file_loaded(stats: dict, orders: dict, penguins: dict) -> None:
         from airflow.sdk.exceptions import AirflowFailException
 
         from data_pipeline.ingest_report import not_loaded_message
 
-        message = not_loaded_message([stats, orders])
+        message = not_loaded_message([stats, orders, penguins])
         if message:
             raise AirflowFailException(message)
 
-    check_every_file_loaded(ingest_driver_stats(), ingest_orders())
+    check_every_file_loaded(ingest_driver_stats(), ingest_orders(), ingest_penguins())

@@ -1,6 +1,6 @@
-"""feature_materialization: the newest offline driver stats -> Feast's Redis online store.
+"""feature_materialization: the newest offline driver stats and penguins -> Feast's Redis online store.
 
-Runs whenever data_ingestion updated the driver_hourly_stats asset, over the intervals that run
+Runs whenever data_ingestion updated the driver_hourly_stats or penguin_measurements asset, over the intervals that run
 loaded, re-reading MATERIALIZE_OVERLAP_MINUTES before them for rows that landed late. Triggered
 by hand, it covers the `lookback_hours` before the run's logical date (or now). It first applies
 the feature repo if it changed.
@@ -13,13 +13,14 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import DAG, Asset, Param, task
 
-from data_pipeline.offline_store import STATS_ASSET_URI
+from data_pipeline.offline_store import PENGUINS_ASSET_URI, STATS_ASSET_URI
 
 DRIVER_STATS_ASSET = Asset(STATS_ASSET_URI)
+PENGUINS_ASSET = Asset(PENGUINS_ASSET_URI)
 
 with DAG(
     dag_id="feature_materialization",
-    schedule=[DRIVER_STATS_ASSET],
+    schedule=DRIVER_STATS_ASSET | PENGUINS_ASSET,
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),  # catchup is off: no backfill from here
     catchup=False,
     max_active_runs=1,
@@ -39,7 +40,7 @@ with DAG(
     def materialize(triggering_asset_events=None, params=None, logical_date=None, run_after=None) -> dict:
         from datetime import datetime
 
-        from data_pipeline.materialize import materialize_interval
+        from data_pipeline.materialize import materialize_interval, materialize_penguins
 
         events = [event for events in (triggering_asset_events or {}).values() for event in events]
         windows = [(datetime.fromisoformat(e.extra["interval_start"]), datetime.fromisoformat(e.extra["interval_end"]))
@@ -50,7 +51,9 @@ with DAG(
             end = logical_date or run_after or pendulum.now("UTC")
             start = end - timedelta(hours=params["lookback_hours"])
         report = materialize_interval(start, end)
+        penguins = materialize_penguins(start, end)
         return {"start": report.start.isoformat(), "end": report.end.isoformat(),
-                "rows_read": report.rows_read, "rows_written": report.rows_written}
+                "rows_read": report.rows_read, "rows_written": report.rows_written,
+                "penguin_rows_read": penguins.rows_read}
 
     apply_feature_repo() >> materialize()
