@@ -30,6 +30,10 @@ log = logging.getLogger("model_serving.project_batch")
 TIMESTAMP, CREATED = "event_timestamp", "created"
 
 
+class NoOfflineTable(LookupError):
+    """The project's offline table does not exist yet: nothing was ever ingested for it."""
+
+
 @dataclass(frozen=True)
 class ProjectBatchReport:
     run_id: str
@@ -59,6 +63,10 @@ def latest_rows(project: Project, at: datetime, settings: Settings) -> pd.DataFr
     """The newest row per key at or before `at`: the key and the project's features (float32), sorted by key."""
     columns = ", ".join([project.join_key, *project.features])
     with connect(settings) as conn, conn.cursor() as cur:
+        cur.execute("select to_regclass(%s) is not null", (project.offline_table,))
+        if not cur.fetchone()[0]:
+            raise NoOfflineTable(f"expected table {project.offline_table} in the feature database, found none: "
+                                 f"ingest {project.name} data first (the data_ingestion DAG)")
         cur.execute(f"select distinct on ({project.join_key}) {columns} from {project.offline_table} "
                     f"where {TIMESTAMP} <= %s order by {project.join_key}, {TIMESTAMP} desc, {CREATED} desc",
                     (_utc(at),))
@@ -96,7 +104,8 @@ def rows_of(project: Project, run_id: str, version: str, keys: np.ndarray, value
 
 
 def score_project(project: Project, at: datetime, run_id: str, settings: Settings) -> ProjectBatchReport:
-    """Score one project's latest rows with its champion; NoChampion when it has none."""
+    """Score one project's latest rows with its champion; NoChampion when it has none, NoOfflineTable when its
+    data was never ingested."""
     import mlflow.pyfunc
 
     import mlops_platform.keras_backend  # noqa: F401  (a Keras model may be loaded)
@@ -140,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             print(json.dumps(score_project(project, at, args.run_id or f"manual__{at.isoformat()}",
                                            settings).as_dict()))
-        except model_registry.NoChampion as exc:
+        except (model_registry.NoChampion, NoOfflineTable) as exc:
             failed = True
             print(json.dumps({"project": project.name, "error": str(exc)}))
     return 1 if failed else 0

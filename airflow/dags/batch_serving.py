@@ -9,8 +9,8 @@ so retries, clears and backfills are safe. The steps live in model_serving.batch
 
 Every other project of mlops_platform.projects gets a task of its own, `score_<project>`, beside the drivers':
 its latest row per key from its offline table, scored by its champion, into `model_batch_predictions`
-(model_serving.project_batch). A project with no champion yet is skipped, not failed: the drivers' batch and
-the other projects do not wait for it.
+(model_serving.project_batch). A project with no champion yet, or no offline table, is skipped, not failed:
+the drivers' batch and the other projects do not wait for it.
 """
 
 from __future__ import annotations
@@ -64,12 +64,13 @@ with DAG(
             from mlops_platform.model_registry import NoChampion
             from mlops_platform.projects import project
             from mlops_platform.settings import get_settings
+            from model_serving.project_batch import NoOfflineTable
             from model_serving.project_batch import score_project as score
 
             at = data_interval_end or dag_run.run_after
             try:
                 return score(project(project_name), at, run_id, get_settings()).as_dict()
-            except NoChampion as error:  # nothing to score with until the project's first model is promoted
+            except (NoChampion, NoOfflineTable) as error:  # nothing to score (with) until the project has both
                 raise AirflowSkipException(str(error)) from error
 
         score_project(_project.name)
