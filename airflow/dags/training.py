@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from airflow.sdk import DAG, Param, task
+from airflow.sdk.exceptions import AirflowFailException
 from airflow.timetables.trigger import CronTriggerTimetable
 
 from mlops_platform.projects import DRIVERS
 from training_pipeline.config import param_schemas
-from training_pipeline.dag_factory import Steps, build_training_dag
+from training_pipeline.dag_factory import AirflowSDK, Steps, build_training_dag
 
 WEEKLY = "0 3 * * 1"
 
@@ -26,7 +28,7 @@ STEPS = Steps.in_module("training_pipeline.flow", fit_final_model="training_pipe
                         register_and_promote="training_pipeline.promotion")
 
 dag = build_training_dag(
-    DRIVERS, STEPS,
+    AirflowSDK(DAG, task, Param, AirflowFailException), DRIVERS, STEPS,
     # One Param per option of TrainingConfig marked dag_param: default, type or enum, bounds, description.
     params=param_schemas(),
     # Weekly: the stats drift slowly, and a week adds enough labels to change the model. Mondays 03:00,

@@ -72,7 +72,7 @@ def test_the_model_loads_with_pyfunc_and_keras_and_answers_in_classes_order(trai
     import mlflow.pyfunc
 
     from tests.services.penguin_project import penguin_frame
-    from training_pipeline.penguin_flow import model_features
+    from training_pipeline.penguin_promotion import model_features
 
     rows = penguin_frame()
     model = mlflow.pyfunc.load_model(trained_penguins["model_uri"])

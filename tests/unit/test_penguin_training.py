@@ -183,7 +183,7 @@ def test_params_carry_the_defaults_and_the_bounds():
 
 
 def test_a_challenger_is_promoted_unless_worse_than_the_champion():
-    from training_pipeline.penguin_flow import decide
+    from training_pipeline.penguin_promotion import decide
 
     assert decide(0.9, None).promote
     assert decide(0.9, 0.9).promote
@@ -245,7 +245,7 @@ def test_a_keras_model_logs_with_its_input_example_and_loads_both_ways(temporary
 
     from tests.conftest import TEST_EXPERIMENT
     from training_pipeline.keras_logging import log_keras_model
-    from training_pipeline.penguin_flow import model_features
+    from training_pipeline.penguin_promotion import model_features
 
     x = penguin_model.inputs(penguins)
     network = penguin_model.build_model(x, learning_rate=0.01, seed=3)
