@@ -125,11 +125,11 @@ def prepare(settings: Settings | None, day: date | str, *, bad_rows: int = 0, dr
     if through_airflow:
         ingestion = _through_airflow(settings)
     else:
-        from data_pipeline.ingest import ingest_file
+        from data_pipeline.ingest import ingest_files
         from data_pipeline.offline_store import ensure_schema
 
         ensure_schema(settings)
-        ingestion = ingest_file(landed["path"], PENGUINS, settings).summary(PENGUINS)
+        ingestion = ingest_files([(PENGUINS, landed["path"])], settings).summary(PENGUINS)
     apply_if_changed(settings)
     report = materialize_penguins(start, end, settings)
     return {"landed": landed, "ingestion": ingestion,
