@@ -15,13 +15,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from datetime import date
+from datetime import date, timedelta
 
 from mlops_platform.settings import Settings, get_settings
 
 DEMO_DRIVERS = 200
 DEMO_DAYS = 21
 DEMO_SEED = 42
+DEMO_PENGUIN_BAD_ROWS = 3
 
 
 def step(title: str) -> float:
@@ -77,6 +78,17 @@ def land_raw_files(settings: Settings) -> None:
                        landing=settings.landing_dir)
     planted = sum(len(d.planted) for d in summary.datasets.values())
     done(started, f"{sum(d.rows_written for d in summary.datasets.values()):,} rows, {planted} planted bad rows")
+    land_penguins(settings)
+
+
+def land_penguins(settings: Settings) -> None:
+    """The second project's raw file: yesterday's penguins (within the materialization's look-back)."""
+    from simulation.penguins import land
+
+    started = step("Land the palmerpenguins CSV as yesterday's raw file of dataset `penguins`")
+    landed = land(settings, date.today() - timedelta(days=1), bad_rows=DEMO_PENGUIN_BAD_ROWS)
+    done(started, f"{landed['rows']} rows, {len(landed['planted'])} planted bad rows, "
+                  f"{landed['rows_missing_measurements']} without measurements")
 
 
 def ingest(airflow, settings: Settings) -> bool:
@@ -84,7 +96,8 @@ def ingest(airflow, settings: Settings) -> bool:
     run_id = run_dag(airflow, settings, "data_ingestion", timeout=600, conf={"scope": "all"})
     if run_id is None:
         return False
-    totals = [airflow.xcom("data_ingestion", run_id, task) for task in ("ingest_driver_stats", "ingest_orders")]
+    totals = [airflow.xcom("data_ingestion", run_id, task)
+              for task in ("ingest_driver_stats", "ingest_orders", "ingest_penguins")]
     done(started, f"run {run_id}: {sum(t['rows_loaded'] for t in totals):,} rows loaded, "
                   f"{sum(t['rows_quarantined'] for t in totals)} quarantined, "
                   f"{sum(t['files_skipped'] for t in totals)} files already loaded before")
@@ -97,7 +110,8 @@ def materialize(airflow, settings: Settings) -> bool:
     if run_id is None:
         return False
     report = airflow.xcom("feature_materialization", run_id, "materialize")
-    done(started, f"run {run_id}: {report['rows_written']:,} drivers written online")
+    done(started, f"run {run_id}: {report['rows_written']:,} drivers and {report['penguin_rows_read']} penguins "
+                  "written online")
     return True
 
 
@@ -148,12 +162,56 @@ def rank_drivers_online(settings: Settings) -> bool:
     return True
 
 
+def train_penguins(airflow, settings: Settings) -> bool:
+    """The second project on the same platform: its own DAG from the shared training flow."""
+    from mlops_platform.projects import PENGUINS
+
+    started = step(f"Train the second project through Airflow: DAG `{PENGUINS.training_dag}` (Keras on JAX, "
+                   "folds as mapped tasks, registry)")
+    run_id = run_dag(airflow, settings, PENGUINS.training_dag, timeout=1200)
+    if run_id is None:
+        return False
+    outcome = airflow.xcom(PENGUINS.training_dag, run_id, "register_and_promote")
+    done(started, f"run {run_id}: success; {PENGUINS.model_name} version {outcome['version']} "
+                  f"({outcome['decision']})")
+    return True
+
+
+def classify_penguin_online(settings: Settings, timeout: float = 120.0) -> bool:
+    """One penguin measured in the field, classified by the penguin model's own route."""
+    from mlops_platform.projects import PENGUINS
+
+    started = step(f"Online API: classify a penguin at /models/{PENGUINS.model_name}/predict")
+    penguin = {"penguin_id": 900001, "island": "Biscoe", "bill_length_mm": 46.5, "bill_depth_mm": 15.2,
+               "flipper_length_mm": 215.0, "body_mass_g": 5200.0, "sex": "female"}
+    path = f"/models/{PENGUINS.model_name}/predict"
+    deadline = time.monotonic() + timeout
+    while True:  # 503 until every worker has loaded the new champion
+        status, answer = api(settings, path, {"request_id": f"demo-penguin-{int(time.time())}",
+                                              "instances": [penguin]})
+        if status == 200 or status != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    if status != 200:
+        print(f"error: {path} answered {status}: {answer}", file=sys.stderr)
+        return False
+    prediction = answer["predictions"][0]
+    odds = ", ".join(f"{name} {p:.3f}" for name, p in prediction["probabilities"].items())
+    print(f"    penguin {prediction['penguin_id']} ({penguin['island']}, flipper {penguin['flipper_length_mm']:.0f} mm,"
+          f" {penguin['body_mass_g']:.0f} g): {prediction['label']}  [{odds}]  (model {answer['model']['name']} "
+          f"v{answer['model']['version']})")
+    status, _ = api(settings, f"/models/{PENGUINS.model_name}/feedback",
+                    {"request_id": answer["request_id"], "penguin_id": penguin["penguin_id"], "label": "Gentoo"})
+    done(started, f"its species, confirmed in the field, sent to /feedback: {status}")
+    return True
+
+
 def where_to_look(settings: Settings) -> str:
     return f"""
 ==> Where to look
     Airflow      {settings.airflow_url}   (user {settings.airflow_admin_user}, password: AIRFLOW_ADMIN_PASSWORD, .env)
     MLflow       {settings.mlflow_tracking_uri}   (experiment and model {settings.model_name})
-    Serving API  {settings.serving_url}/docs   (/predict, /feedback, /ready, /metrics)
+    Serving API  {settings.serving_url}/docs   (/predict, /feedback, /models/penguin_species/predict, /metrics)
     Prometheus   {settings.prometheus_url}
     Kafka        {settings.kafka_bootstrap_servers}   (topics {settings.driver_stats_topic}, {
         settings.predictions_topic})
@@ -167,10 +225,10 @@ def main() -> int:
     settings = get_settings()
     airflow = AirflowClient.from_settings(settings)
     land_raw_files(settings)
-    for run_pipeline in (ingest, materialize, train, score_in_batch):
+    for run_pipeline in (ingest, materialize, train, train_penguins, score_in_batch):
         if not run_pipeline(airflow, settings):
             return 1
-    if not rank_drivers_online(settings):
+    if not rank_drivers_online(settings) or not classify_penguin_online(settings):
         return 1
     if settings.mode != "docker":  # in docker mode run.sh prints the URLs as the host sees them (`bash run.sh urls`)
         print(where_to_look(settings))

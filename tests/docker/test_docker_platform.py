@@ -96,6 +96,8 @@ def test_demo_runs_in_a_container_and_prints_a_ranked_prediction(docker_platform
     out = result.stdout
     assert "DAG `data_ingestion`" in out and "rows loaded" in out
     assert "1. driver" in out and "best driver:" in out, out[-3000:]
+    # The second project, trained by its own DAG and classified by its own route, in containers too.
+    assert "DAG `penguin_training`" in out and "(model penguin_species v" in out, out[-3000:]
     assert "Where to look" in out and host_url("AIRFLOW_PORT") in out
 
 
