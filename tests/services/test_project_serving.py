@@ -3,14 +3,15 @@
 One module-scoped champion of `penguin_species` (a small Keras model of the contract's shape, trained for a
 few epochs on palmerpenguins rows), reused by every test here; the alias is put back afterwards. The API's
 probabilities must equal `mlflow.pyfunc.load_model("models:/penguin_species@champion")` on the same features
-within 1e-5, for inline instances and, once the penguin feature view is in Feast's registry and its offline
-table exists, for instances read from the online store and for batch scoring. Predictions reach
+within 1e-5, for inline instances, for instances read from the online store (penguins landed, ingested and
+materialized by simulation.penguins.prepare) and for batch scoring. Predictions reach
 model_prediction_log and feedback model_ground_truth through the event spool, Kafka and the prediction logger.
 """
 
 from __future__ import annotations
 
 import uuid
+from datetime import UTC
 
 import httpx
 import numpy as np
@@ -210,66 +211,50 @@ def test_the_project_routes_are_counted_with_their_model(api):
 
 
 # ---------------------------------------------------------------------------------------------
-# online-store instances and batch scoring: need the penguin feature view and offline table (data part)
+# online-store instances and batch scoring: penguins landed, ingested and materialized by the data pipeline
 # ---------------------------------------------------------------------------------------------
-def penguin_table_exists(settings) -> bool:
-    with connect(settings) as conn, conn.cursor() as cur:
-        cur.execute("select to_regclass(%s) is not null", (PENGUINS.offline_table,))
-        return cur.fetchone()[0]
+DAY = "2025-03-03"  # a day of penguins of this module's own, with ids of its own
+ID_OFFSET = 7_300_000
 
 
 @pytest.fixture(scope="module")
 def landed_penguins(api, settings):
-    """Penguin rows in the offline table and Redis, landed and ingested by the data pipeline's own code."""
-    from mlops_platform.feature_store import feature_store
+    """The palmerpenguins rows of DAY in penguin_measurements and Redis (simulation.penguins.prepare)."""
+    from simulation.penguins import prepare
 
-    store = feature_store(settings)
-    try:
-        store.get_feature_service(PENGUINS.feature_service)
-    except Exception as exc:
-        pytest.skip(f"the penguin feature service is not in Feast's registry yet ({type(exc).__name__}): "
-                    "feast_repo/definitions.py must define it")
-    if not penguin_table_exists(settings):
-        pytest.skip(f"offline table {PENGUINS.offline_table} does not exist: data_pipeline.offline_store must "
-                    "create it")
-    with connect(settings) as conn, conn.cursor() as cur:
-        cur.execute(f"select count(*) from {PENGUINS.offline_table}")
-        if cur.fetchone()[0] == 0:
-            pytest.skip(f"{PENGUINS.offline_table} holds no rows: land penguins first (simulation.penguins)")
-    from datetime import UTC, datetime, timedelta
-
-    # Feast's own materialization of the penguin view: every landed row, the latest per penguin into Redis.
-    store.materialize(datetime(2000, 1, 1, tzinfo=UTC), datetime.now(UTC) + timedelta(minutes=1),
-                      feature_views=[PENGUINS.feature_view])
-    return store
+    return prepare(settings, DAY, id_offset=ID_OFFSET)
 
 
 def test_online_store_instances_and_batch_scoring_agree_with_pyfunc(landed_penguins, api, pyfunc_champion, settings):
-    from datetime import UTC, datetime
+    from datetime import datetime, timedelta
 
     from model_serving.project_batch import latest_rows, score_project
 
-    at = datetime.now(UTC)
-    latest = latest_rows(PENGUINS, at, settings).head(50).set_index("penguin_id")
+    at = datetime.fromisoformat(DAY).replace(tzinfo=UTC) + timedelta(days=1)
+    latest = latest_rows(PENGUINS, at, settings).set_index("penguin_id")
+    latest = latest[(latest.index > ID_OFFSET) & (latest.index <= ID_OFFSET + 40)]
+    assert len(latest) >= 30, landed_penguins
     expected = pyfunc_probabilities(pyfunc_champion, latest)
     ids = [int(i) for i in latest.index]
-    response = predict(api, {"instances": [{"penguin_id": i} for i in ids]})
-    assert response.status_code == 200, response.text
-    answer = response.json()
-    assert {p["features_from"] for p in answer["predictions"]} == {"online_store"}
-    assert len(answer["predictions"]) + len(answer["missing"]) == len(ids)
-    assert len(answer["predictions"]) >= len(ids) // 2, answer["missing"]
-    assert_same_predictions(answer["predictions"], expected)
+
+    def answer() -> dict | None:  # the worker reads the penguin feature service from Feast's registry in time
+        response = predict(api, {"instances": [{"penguin_id": i} for i in ids]})
+        return response.json() if response.status_code == 200 else None
+
+    body = eventually(answer, timeout=90, what="online-store predictions of the landed penguins")
+    assert {p["features_from"] for p in body["predictions"]} == {"online_store"}
+    assert body["missing"] == [] and len(body["predictions"]) == len(ids)
+    assert_same_predictions(body["predictions"], expected)
 
     run_id = f"test-project-batch-{uuid.uuid4().hex[:8]}"
     report = score_project(PENGUINS, at, run_id, settings)
-    assert report.scored == report.entities > 0
+    assert report.scored == report.entities >= len(ids)
     with connect(settings) as conn, conn.cursor() as cur:
         cur.execute("select entity_key, prediction, probabilities from model_batch_predictions "
                     "where run_id = %s and model_name = %s", (run_id, MODEL))
         batch = {int(k): (label, probs) for k, label, probs in cur.fetchall()}
         cur.execute("delete from model_batch_predictions where run_id = %s", (run_id,))
-    for item in answer["predictions"]:
+    for item in body["predictions"]:
         label, probabilities = batch[item["penguin_id"]]
         assert label == item["label"]
         assert max(abs(probabilities[c] - item["probabilities"][c]) for c in contract.CLASSES) <= 1e-5
