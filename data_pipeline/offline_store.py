@@ -67,18 +67,15 @@ create index if not exists {ORDERS_TABLE}_event_timestamp_idx on {ORDERS_TABLE} 
 create table if not exists {PENGUINS_TABLE} (
     {penguin.JOIN_KEY:<17}bigint      not null,
     event_timestamp  timestamptz not null,
-    created          timestamptz not null,
+    created          timestamptz not null default now(),
     species          text        null,
     island           text        not null,
     sex              text        null,
 {_PENGUIN_NUMBERS},
-    source           text        not null,
+    source           text        not null default 'unknown',  -- ingestion names the file; others may not
     loaded_at        timestamptz not null default now(),
     primary key ({penguin.JOIN_KEY}, event_timestamp)
 );
--- Tables written before ingestion knew penguins (by hand, from the contract) lack the lineage columns.
-alter table {PENGUINS_TABLE} add column if not exists source text not null default 'unknown';
-alter table {PENGUINS_TABLE} add column if not exists loaded_at timestamptz not null default now();
 create index if not exists {PENGUINS_TABLE}_event_timestamp_idx on {PENGUINS_TABLE} (event_timestamp);
 
 create table if not exists {QUARANTINE_TABLE} (
@@ -114,6 +111,19 @@ def ensure_schema(settings: Settings | None = None) -> None:
     with schema_lock(settings, "offline_store_schema") as cur:
         cur.execute(DDL)
         _allow_every_run_status(cur)
+        _add_penguin_lineage(cur)
+
+
+def _add_penguin_lineage(cur) -> None:
+    """A penguin table written before ingestion knew penguins (from the contract alone) lacks the lineage
+    columns: add them. Only when one is missing, so the usual call takes no table lock."""
+    cur.execute("select column_name from information_schema.columns where table_schema = current_schema() "
+                "and table_name = %s", (PENGUINS_TABLE,))
+    present = {row[0] for row in cur.fetchall()}
+    if "source" not in present:
+        cur.execute(f"alter table {PENGUINS_TABLE} add column source text not null default 'unknown'")
+    if "loaded_at" not in present:
+        cur.execute(f"alter table {PENGUINS_TABLE} add column loaded_at timestamptz not null default now()")
 
 
 def allowed_run_statuses(cur) -> set[str]:
