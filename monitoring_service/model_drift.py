@@ -7,7 +7,9 @@ windows are small (a few hundred answers), where an unchanged distribution score
 so a measured feature drifted when its score reaches WASSERSTEIN_THRESHOLD = 0.3 (a shift of about a
 third of its spread), not the driver's 0.1. A 0/1 indicator column (a one-hot island or sex) scores
 the change of its share of ones instead, and drifted when that moved by SHARE_CHANGE_THRESHOLD (10
-points; 300 rows of a 50/50 share wander about 3 points).
+points) and by at least SHARE_CHANGE_ERRORS standard errors of a window of its size (300 rows of a 50/50
+share wander about 3 points, 60 rows about 6.5): complementary columns (female/male) move together, so
+a chance wobble of one would otherwise count twice.
 
 A model drifted when at least MIN_DRIFTED_FEATURES of its features did (all of them for a model with
 fewer features), or when the share of its features that drifted reaches the share threshold
@@ -17,6 +19,7 @@ length, the scenario's --drifted) is a drift, one feature crossing alone is not.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,6 +29,7 @@ import pandas as pd
 MIN_DRIFTED_FEATURES = 2
 WASSERSTEIN_THRESHOLD = 0.3
 SHARE_CHANGE_THRESHOLD = 0.1
+SHARE_CHANGE_ERRORS = 3.0
 STD_FLOOR = 0.001
 
 
@@ -56,7 +60,10 @@ def drift_score(reference: np.ndarray, current: np.ndarray) -> tuple[float, floa
     """(score, its threshold): the change of the share of ones for a 0/1 column of the reference, else the
     normed Wasserstein distance."""
     if is_indicator(reference):
-        return abs(float(np.mean(current)) - float(np.mean(reference))), SHARE_CHANGE_THRESHOLD
+        share = float(np.mean(reference))
+        standard_error = math.sqrt(share * (1 - share) / current.size)
+        threshold = max(SHARE_CHANGE_THRESHOLD, SHARE_CHANGE_ERRORS * standard_error)
+        return abs(float(np.mean(current)) - share), threshold
     return normed_wasserstein(reference, current), WASSERSTEIN_THRESHOLD
 
 

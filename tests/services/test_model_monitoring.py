@@ -33,7 +33,7 @@ from mlops_platform.projects import DRIVERS, PENGUINS
 from tests.conftest import REPO_ROOT, eventually, free_port
 from tests.monitoring_config import dashboard_expressions, load_dashboards
 from tests.services.monitored_traffic import metrics
-from tests.services.penguin_project import penguin_frame, write_rows
+from tests.services.penguin_project import land_penguins, penguin_frame
 from tests.services.rule_prometheus import firing, query, rule_prometheus
 
 REQUEST = "model-monitoring-test"
@@ -45,8 +45,11 @@ def planted_tables(feast_up, mlflow_up, settings):
     from model_serving.prediction_store import ensure_schema
 
     ensure_schema(settings)
-    write_rows(settings, penguin_frame())
-    clear_planted(settings)
+    land_penguins(settings)  # the reference: penguin_measurements, as ingestion fills it
+    with connect(settings) as conn, conn.cursor() as cur:  # the window holds only what this module plants
+        for table in ("model_prediction_log", "model_ground_truth"):
+            cur.execute(f"delete from {table} where model_name = any(%s)",
+                        ([PENGUINS.model_name, DRIVERS.model_name],))
     yield
     clear_planted(settings)
 

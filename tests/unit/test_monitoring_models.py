@@ -97,3 +97,17 @@ def test_gauges_carry_the_model_label_and_clearing_one_model_keeps_the_other() -
     assert sample("monitoring_model_macro_f1", {"model": "penguin_species"}) is None
     assert sample("monitoring_model_window_predictions", {"model": "penguin_species", "model_version": "3"}) is None
     assert sample("monitoring_model_window_predictions", {"model": "other_model", "model_version": "1"}) == 5
+
+
+def test_an_indicator_share_must_move_beyond_the_window_s_chance_to_drift() -> None:
+    reference = penguin_frame(2000, seed=1)
+    small = penguin_frame(60, seed=2)
+    small["sex_female"] = [1.0] * 37 + [0.0] * 23  # 62% instead of about 50%: 12 points, under 3 errors of 60 rows
+    small["sex_male"] = 1.0 - small["sex_female"]
+    drift = model_drift(reference, small, FEATURE_NAMES, share_threshold=0.5)
+    assert drift.scores["sex_female"] > 0.1 and not drift.drifted["sex_female"] and not drift.detected
+    large = penguin_frame(600, seed=2)
+    large["sex_female"] = [1.0] * 420 + [0.0] * 180  # 70%
+    large["sex_male"] = 1.0 - large["sex_female"]
+    drift = model_drift(reference, large, FEATURE_NAMES, share_threshold=0.5)
+    assert drift.drifted_features == ["sex_female", "sex_male"] and drift.detected
