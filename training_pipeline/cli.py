@@ -38,28 +38,39 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_from_cli(parser(), argv, "training_pipeline.flow", service="training-pipeline", what="training run")
+
+
+def run_from_cli(arg_parser: argparse.ArgumentParser, argv: list[str] | None, flow_module: str, *, service: str,
+                 what: str) -> int:
+    """Parse the flags, run `<flow_module>.run(overrides, run_name, source="cli")`, print its outcome as JSON.
+
+    Shared by every project's training CLI: exit 2 on a bad configuration or an unreachable MLflow, 1 on any
+    other failure, 0 when the run completed.
+    """
     # stdout carries the JSON outcome only, and MLflow's own messages go through our JSON logs.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import importlib
+
     from mlops_platform.logs import configure_logging
     from mlops_platform.model_registry import TrackingUnavailable
     from mlops_platform.settings import get_settings
-    from training_pipeline import flow
     from training_pipeline.config import ConfigError
 
-    args = vars(parser().parse_args(argv))
+    args = vars(arg_parser.parse_args(argv))
     run_name = args.pop("run_name") or f"cli__{datetime.now(UTC):%Y-%m-%dT%H:%M:%S}Z__{uuid.uuid4().hex[:6]}"
     overrides = {key: value for key, value in args.items() if value is not None}
-    log = configure_logging("training-pipeline", get_settings().log_level)
+    log = configure_logging(service, get_settings().log_level)
     try:
-        outcome = flow.run(overrides, run_name, source="cli")
+        outcome = importlib.import_module(flow_module).run(overrides, run_name, source="cli")
     except (ConfigError, TrackingUnavailable) as error:
-        log.error("training run refused", extra={"run_name": run_name, "error": str(error)})
+        log.error(f"{what} refused", extra={"run_name": run_name, "error": str(error)})
         print(f"error: {error}", file=sys.stderr)
         return 2
     except Exception as error:
-        log.exception("training run failed", extra={"run_name": run_name})
+        log.exception(f"{what} failed", extra={"run_name": run_name})
         print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
     print(json.dumps(outcome, default=str))
