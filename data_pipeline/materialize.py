@@ -172,14 +172,20 @@ def delete_online_rows(store, driver_ids, feature_view_name: str = FEATURE_VIEW)
     return deleted
 
 
-def materialize_interval(start: datetime, end: datetime, settings: Settings | None = None,
-                         overlap: timedelta | None = None, store=None) -> MaterializeReport:
-    """Materialize [start - overlap, end) into Redis; `overlap` (default from settings) catches late rows."""
-    settings = settings or get_settings()
+def _window(start: datetime, end: datetime, settings: Settings, overlap: timedelta | None) -> tuple[datetime, datetime]:
+    """[start - overlap, end) in UTC; `overlap` (default from settings) catches rows that arrived late."""
     overlap = timedelta(minutes=settings.materialize_overlap_minutes) if overlap is None else overlap
     start, end = _utc(start) - overlap, _utc(end)
     if start >= end:
         raise ValueError(f"materialization needs start < end, got {start.isoformat()} >= {end.isoformat()}")
+    return start, end
+
+
+def materialize_interval(start: datetime, end: datetime, settings: Settings | None = None,
+                         overlap: timedelta | None = None, store=None) -> MaterializeReport:
+    """Materialize [start - overlap, end) into Redis; `overlap` (default from settings) catches late rows."""
+    settings = settings or get_settings()
+    start, end = _window(start, end, settings, overlap)
     began = time.perf_counter()
     store = store or feature_store(settings)
     feature_view = store.get_feature_view(FEATURE_VIEW)
@@ -197,10 +203,7 @@ def materialize_penguins(start: datetime, end: datetime, settings: Settings | No
                          overlap: timedelta | None = None, store=None) -> MaterializeReport:
     """Materialize the penguin view over [start - overlap, end) with Feast's own materialize (small data)."""
     settings = settings or get_settings()
-    overlap = timedelta(minutes=settings.materialize_overlap_minutes) if overlap is None else overlap
-    start, end = _utc(start) - overlap, _utc(end)
-    if start >= end:
-        raise ValueError(f"materialization needs start < end, got {start.isoformat()} >= {end.isoformat()}")
+    start, end = _window(start, end, settings, overlap)
     began = time.perf_counter()
     store = store or feature_store(settings)
     with connect(settings) as conn, conn.cursor() as cur:
