@@ -16,21 +16,23 @@ from __future__ import annotations
 import importlib
 import math
 from types import ModuleType
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     PrivateAttr,
-    StrictStr,
+    Tag,
     create_model,
     field_validator,
     model_validator,
 )
 
 from mlops_platform.projects import Project
-from model_serving.schemas import DriverId, RequestId
+from model_serving.schemas import DriverId, RequestId, _json_number
 
 # The feature contracts a project's raw fields may come from, matched on their feature view.
 CONTRACT_MODULES = ("feast_repo.features", "feast_repo.penguin_features")
@@ -58,6 +60,7 @@ class RawEncoder:
         self.required = (*self.categories[:1], *self.measurements)  # island and the measurements; sex may be missing
         self.fields = (*self.categories, *self.measurements)
         self._encode = module.encode_categories
+        self.module_name = module.__name__
         self._unknown = module.UnknownCategory
 
     def encode(self, raw: dict[str, Any]) -> tuple[float, ...]:
@@ -80,12 +83,11 @@ class RawEncoder:
         return tuple(values[name] for name in self.features)
 
 
-def _finite(value: object) -> object:
+def _number(value: object) -> object:
+    """A JSON number only: pydantic's float would also take "46.5" and true, which the schema refuses."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"expected a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"expected a finite number, got {value!r}")
-    return float(value)
+    return value
 
 
 class Instance(BaseModel):
@@ -95,14 +97,13 @@ class Instance(BaseModel):
     _row: tuple[float, ...] | None = PrivateAttr(default=None)
 
 
-def instance_model(project: Project, encoder: RawEncoder | None) -> type[BaseModel]:
-    """One instance: the join key, and the raw fields when the project has them."""
-    fields: dict[str, Any] = {project.join_key: (EntityId, Field(description=f"The {project.entity}'s id."))}
-    if encoder is not None:
-        for name in encoder.categories:
-            fields[name] = (StrictStr | None, None)
-        for name in encoder.measurements:
-            fields[name] = (float | None, None)
+def instance_model(project: Project, encoder: RawEncoder | None) -> Any:
+    """One instance: the join key alone, or (a project with raw fields) the key with its raw fields.
+
+    The two shapes are two schemas (`oneOf` in OpenAPI), so the schema states what the API accepts: a
+    measured instance needs the island and every measurement within the contract's bounds; sex may be
+    missing. Which shape an instance is follows from its fields, so each refusal names one problem."""
+    key_field = {project.join_key: (EntityId, Field(description=f"The {project.entity}'s id."))}
     label = encoder.label if encoder is not None else project.label
 
     def no_label(cls, data: Any) -> Any:
@@ -111,21 +112,35 @@ def instance_model(project: Project, encoder: RawEncoder | None) -> type[BaseMod
                              f"to /models/{project.model_name}/feedback")
         return data
 
+    checks = {"no_label": model_validator(mode="before")(classmethod(no_label))}
+    keyed = create_model(f"{project.name.title()}KeyInstance", __base__=Instance, __validators__=checks,
+                         **key_field)
+    if encoder is None:
+        return keyed
+
+    module = importlib.import_module(encoder.module_name)
+    fields: dict[str, Any] = dict(key_field)
+    island, *others = encoder.categories
+    fields[island] = (Literal[tuple(module.ISLANDS)], Field(description="Where the penguin was observed."))
+    for name in others:  # the sex: known, or one of the ways a missing value arrives, or absent
+        fields[name] = (Literal[(*module.SEXES, ".", "NA", "")] | None, None)
+    for name in encoder.measurements:
+        low, high = encoder.bounds.get(name, (None, None))
+        fields[name] = (Annotated[float, BeforeValidator(_number)], Field(ge=low, le=high, allow_inf_nan=False))
+
     def raw_row(self) -> Any:
-        raw = {name: getattr(self, name) for name in (encoder.fields if encoder else ())}
-        given = [name for name, value in raw.items() if value is not None]
-        self._row = encoder.encode(raw) if given and encoder else None
+        self._row = encoder.encode({name: getattr(self, name) for name in encoder.fields})
         return self
 
-    def finite_number(cls, value: Any) -> Any:
-        return None if value is None else _finite(value)
+    measured = create_model(f"{project.name.title()}MeasuredInstance", __base__=Instance,
+                            __validators__={**checks, "raw_row": model_validator(mode="after")(raw_row)}, **fields)
+    raw_names = set(encoder.fields)
 
-    validators: dict[str, Any] = {"no_label": model_validator(mode="before")(classmethod(no_label)),
-                                  "raw_row": model_validator(mode="after")(raw_row)}
-    if encoder is not None:
-        validators["finite"] = field_validator(*encoder.measurements, mode="before")(classmethod(finite_number))
-    model = create_model(f"{project.name.title()}Instance", __base__=Instance, __validators__=validators, **fields)
-    return model
+    def shape(value: Any) -> str:
+        given = value.keys() if isinstance(value, dict) else (n for n in raw_names if getattr(value, n, None))
+        return "measured" if raw_names.intersection(given) else "key"
+
+    return Annotated[Annotated[keyed, Tag("key")] | Annotated[measured, Tag("measured")], Discriminator(shape)]
 
 
 def predict_request_model(project: Project, max_instances: int, instance: type[BaseModel]) -> type[BaseModel]:
@@ -138,7 +153,7 @@ def predict_request_model(project: Project, max_instances: int, instance: type[B
         request_id: RequestId | None = Field(
             default=None, description="Your id for this request (1-64 visible ASCII characters); generated if absent.")
         instances: list[instance] = Field(  # type: ignore[valid-type]
-            min_length=1, max_length=max_instances,
+            min_length=1, max_length=max_instances, json_schema_extra={"uniqueItems": True},
             description=f"1 to {max_instances} {project.entity}s, each {key} at most once.")
 
         @field_validator("instances")
@@ -157,7 +172,8 @@ def predict_request_model(project: Project, max_instances: int, instance: type[B
 
 def feedback_request_model(project: Project) -> type[BaseModel]:
     """The /models/{model_name}/feedback body of one project: the true label of one predicted entity."""
-    labels: Any = Literal[project.classes] if project.is_classifier else Literal[0, 1]  # type: ignore[valid-type]
+    labels: Any = (Literal[project.classes] if project.is_classifier  # type: ignore[valid-type]
+                   else Annotated[Literal[0, 1], BeforeValidator(_json_number)])  # no booleans; 1.0 is 1
     description = (f"The true {project.label}: one of {list(project.classes)}." if project.is_classifier
                    else f"The true {project.label}: 0 or 1.")
     model = create_model(f"{project.name.title()}FeedbackRequest", __config__=ConfigDict(extra="forbid"),

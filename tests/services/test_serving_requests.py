@@ -14,7 +14,9 @@ from xml.etree import ElementTree
 import httpx
 import pytest
 
+from mlops_platform.projects import PROJECTS
 from tests.conftest import REPO_ROOT, eventually, free_port
+from tests.services.penguin_project import trained_penguins  # noqa: F401
 from tests.services.serving_api import (
     FRESH,
     STALE,
@@ -169,11 +171,14 @@ expected-statuses = ["2xx", "404"]
 [checks.negative_data_rejection]
 expected-statuses = ["422"]
 """
-FUZZ_OPERATIONS = {"POST /predict", "POST /feedback", "GET /health", "GET /ready", "GET /metrics"}
+FUZZ_OPERATIONS = {"POST /predict", "POST /feedback", "GET /health", "GET /ready", "GET /metrics",
+                   *(f"POST /models/{project.model_name}/{route}" for project in PROJECTS.values()
+                     for route in ("predict", "feedback"))}
 
 
 @pytest.mark.parametrize("auth", [False, True], ids=["auth-off", "auth-on"])
-def test_every_route_keeps_the_contract_its_openapi_schema_states(request, api, settings, auth, tmp_path):
+def test_every_route_keeps_the_contract_its_openapi_schema_states(request, api, settings, auth, tmp_path,
+                                                                  trained_penguins):  # noqa: F811 (a champion each)
     """schemathesis with every check, in both modes (schema-valid and schema-invalid data), on every route:
     a valid request is answered 2xx (or /feedback's documented 404), an invalid one 422, and every status,
     content type and body is the one the schema documents. With auth on, also that a request without the

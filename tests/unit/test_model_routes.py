@@ -141,20 +141,27 @@ def test_the_driver_model_answers_on_its_project_route_too(app_parts):
     assert response.json()["missing"] == [12]
 
 
+def test_an_instance_with_some_raw_fields_names_each_missing_one(app_parts):
+    client, *_ = app_parts
+    response = predict(client, {"instances": [{"penguin_id": 1, "island": "Dream"}]})
+    assert response.status_code == 422, response.text
+    missing = {tuple(error["loc"][-1:]) for error in response.json()["detail"] if error["type"] == "missing"}
+    assert missing == {("bill_length_mm",), ("bill_depth_mm",), ("flipper_length_mm",), ("body_mass_g",)}
+
+
 @pytest.mark.parametrize("instances, where, problem", [
     ([], ["instances"], "at least 1 item"),
     ([{"penguin_id": i} for i in range(1, 6)], ["instances"], "at most 4 items"),
     ([{"penguin_id": 1}, {"penguin_id": 1}], ["instances"], "repeated: [1]"),
-    ([{"penguin_id": "1"}], ["instances", 0, "penguin_id"], "integer"),
-    ([{"penguin_id": 1.5}], ["instances", 0, "penguin_id"], "integer"),
-    ([{"penguin_id": 1, "beak_colour": "red"}], ["instances", 0, "beak_colour"], "Extra inputs are not permitted"),
-    ([{"penguin_id": 1, "species": "Adelie"}], ["instances", 0], "species is not an input"),
-    ([{"penguin_id": 1, **ADELIE, "island": "Mars"}], ["instances", 0], "island must be one of"),
-    ([{"penguin_id": 1, **ADELIE, "sex": "other"}], ["instances", 0], "sex must be one of"),
-    ([{"penguin_id": 1, **ADELIE, "body_mass_g": None}], ["instances", 0], "missing body_mass_g"),
-    ([{"penguin_id": 1, "island": "Dream"}], ["instances", 0], "missing bill_length_mm"),
-    ([{"penguin_id": 1, **ADELIE, "body_mass_g": 90000}], ["instances", 0], "body_mass_g must be within"),
-    ([{"penguin_id": 1, **ADELIE, "bill_depth_mm": "deep"}], ["instances", 0, "bill_depth_mm"], "expected a number"),
+    ([{"penguin_id": "1"}], ["instances", 0, "key", "penguin_id"], "integer"),
+    ([{"penguin_id": 1.5}], ["instances", 0, "key", "penguin_id"], "integer"),
+    ([{"penguin_id": 1, "beak_colour": "red"}], ["instances", 0, "key", "beak_colour"], "Extra inputs"),
+    ([{"penguin_id": 1, "species": "Adelie"}], ["instances", 0, "key"], "species is not an input"),
+    ([{"penguin_id": 1, **ADELIE, "island": "Mars"}], ["instances", 0, "measured", "island"], "'Biscoe', 'Dream' or"),
+    ([{"penguin_id": 1, **ADELIE, "sex": "other"}], ["instances", 0, "measured", "sex"], "'female', 'male'"),
+    ([{"penguin_id": 1, **ADELIE, "body_mass_g": None}], ["instances", 0, "measured", "body_mass_g"], "a number"),
+    ([{"penguin_id": 1, **ADELIE, "body_mass_g": 90000}], ["instances", 0, "measured", "body_mass_g"], "7000"),
+    ([{"penguin_id": 1, **ADELIE, "bill_depth_mm": "deep"}], ["instances", 0, "measured", "bill_depth_mm"], "a number"),
 ])
 def test_a_bad_body_is_a_422_naming_the_field_and_the_problem(app_parts, instances, where, problem):
     client, *_ = app_parts
