@@ -2,6 +2,10 @@
 
 import pytest
 
+# Registered here, once: a fixture imported into several test modules is a separate fixture in each, and a
+# "session" one would then run once per module (the penguin model trained again for each).
+from tests.services.penguin_project import trained_penguins  # noqa: F401
+
 # The serving tests' running API and what it serves (module-scoped: each module gets its own).
 from tests.services.serving_api import api, online_rows, registry, store  # noqa: F401
 

@@ -1,7 +1,7 @@
 """A trained penguin model for the service tests: the palmerpenguins rows in `penguin_measurements`,
 then one run of the `penguin_training` DAG through Airflow's scheduler, once per session.
 
-Other modules reuse it: `from tests.services.penguin_project import trained_penguins  # noqa: F401`.
+The fixture is registered once, in tests/services/conftest.py, so every module shares its one run.
 
 The rows arrive as they do on the platform: simulation.penguins.prepare lands the palmerpenguins CSV for a day,
 ingests it (validation, quarantine) and materializes it; the Feast objects are the applied feature repo's.

@@ -22,14 +22,13 @@ from mlops_platform.projects import PENGUINS
 from simulation.penguin_scenario import penguin_rows
 from tests.conftest import REPO_ROOT, eventually, free_port, run_sh, stack_up
 from tests.services.monitored_traffic import metrics
-from tests.services.penguin_project import trained_penguins  # noqa: F401  (the session's trained model)
 
 # Fewer normal answers than drifted ones: both stay in the window, and the drifted ones must dominate it.
 REQUESTS = {"normal": 100, "drifted": 200}
 
 
 @pytest.fixture(scope="module")
-def served_champion(trained_penguins, kafka_up, settings) -> str:  # noqa: F811
+def served_champion(trained_penguins, kafka_up, settings) -> str:
     """The API and the prediction logger up, the penguin route answering with a champion; its version."""
     stack_up("serving")
     row = penguin_rows(1, seed=0).iloc[0]
@@ -79,7 +78,7 @@ def drifted(normal, monitoring_port) -> dict:
 
 
 def test_penguins_as_measured_show_no_drift_and_the_champion_s_quality(normal, served_champion,
-                                                                          trained_penguins) -> None:  # noqa: F811
+                                                                          trained_penguins) -> None:
     assert normal["outcome"] == "as expected" and normal["drift_detected"] is False
     assert normal["answered"] == normal["feedback"] == REQUESTS["normal"]
     assert normal["model_versions"] == [served_champion]

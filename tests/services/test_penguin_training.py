@@ -9,18 +9,17 @@ import pytest
 import mlops_platform.keras_backend  # noqa: F401  (before keras)
 from feast_repo import penguin_features as contract
 from mlops_platform.projects import PENGUINS
-from tests.services.penguin_project import trained_penguins  # noqa: F401  (the session's DAG run)
 from training_pipeline import classification_metrics, registry
 
 
 @pytest.fixture(scope="module")
-def mlflow_client(trained_penguins, settings):  # noqa: F811
+def mlflow_client(trained_penguins, settings):
     from mlops_platform import model_registry
 
     return model_registry.client(settings.mlflow_tracking_uri)
 
 
-def test_the_dag_ran_one_mapped_task_per_fold(trained_penguins, settings):  # noqa: F811
+def test_the_dag_ran_one_mapped_task_per_fold(trained_penguins, settings):
     from mlops_platform.airflow_client import AirflowClient
 
     client = AirflowClient.from_settings(settings)
@@ -35,13 +34,13 @@ def test_the_dag_ran_one_mapped_task_per_fold(trained_penguins, settings):  # no
     print(f"penguin_training DAG wall time: {trained_penguins['wall_seconds']:.1f} s")
 
 
-def test_the_model_beats_the_majority_class_by_far(trained_penguins):  # noqa: F811
+def test_the_model_beats_the_majority_class_by_far(trained_penguins):
     # The majority class is ~44 % of the holdout; a model that learned nothing cannot pass this.
     assert trained_penguins["majority_baseline"] < 0.5
     assert trained_penguins["holdout_accuracy"] >= trained_penguins["majority_baseline"] + 0.25, trained_penguins
 
 
-def test_per_class_and_fold_metrics_are_logged(trained_penguins, mlflow_client):  # noqa: F811
+def test_per_class_and_fold_metrics_are_logged(trained_penguins, mlflow_client):
     parent = mlflow_client.get_run(trained_penguins["run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags["project"] == PENGUINS.name
     names = classification_metrics.metric_names(contract.CLASSES)
@@ -55,7 +54,7 @@ def test_per_class_and_fold_metrics_are_logged(trained_penguins, mlflow_client):
     assert all(int(c.data.params["train_rows"]) + int(c.data.params["test_rows"]) == rows_fit for c in children)
 
 
-def test_aliases_and_version_tags(trained_penguins, mlflow_client):  # noqa: F811
+def test_aliases_and_version_tags(trained_penguins, mlflow_client):
     version = mlflow_client.get_model_version(PENGUINS.model_name, trained_penguins["version"])
     aliases = registry.aliases(mlflow_client, PENGUINS.model_name)
     assert aliases[registry.CHALLENGER] == trained_penguins["version"]
@@ -67,7 +66,7 @@ def test_aliases_and_version_tags(trained_penguins, mlflow_client):  # noqa: F81
     assert {"holdout_accuracy", "majority_baseline", "holdout_macro_f1", "promotion_decision"} <= set(version.tags)
 
 
-def test_the_model_loads_with_pyfunc_and_keras_and_answers_in_classes_order(trained_penguins):  # noqa: F811
+def test_the_model_loads_with_pyfunc_and_keras_and_answers_in_classes_order(trained_penguins):
     import mlflow.keras
     import mlflow.pyfunc
 

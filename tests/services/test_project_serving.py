@@ -184,16 +184,19 @@ def test_inline_instances_are_scored_as_pyfunc_scores_them_and_logged(api, champ
     eventually(lambda: ground_truth() == [("1", truth)], timeout=60, what="the feedback in model_ground_truth")
 
 
-@pytest.mark.parametrize("instance, problem", [
-    ({"penguin_id": 5, "species": "Adelie"}, "species is not an input"),
+@pytest.mark.parametrize("instance, field, problem", [
+    ({"penguin_id": 5, "species": "Adelie"}, None, "species is not an input"),
     ({"penguin_id": 5, "island": "Atlantis", "bill_length_mm": 40.0, "bill_depth_mm": 18.0,
-      "flipper_length_mm": 190.0, "body_mass_g": 3800.0}, "island must be one of"),
-    ({"penguin_id": 5, "island": "Dream", "bill_length_mm": 40.0}, "missing bill_depth_mm"),
-    ({"penguin_id": "five"}, "integer"),
+      "flipper_length_mm": 190.0, "body_mass_g": 3800.0}, "island", "'Biscoe', 'Dream' or 'Torgersen'"),
+    ({"penguin_id": 5, "island": "Dream", "bill_length_mm": 40.0}, "bill_depth_mm", "Field required"),
+    ({"penguin_id": "five"}, "penguin_id", "integer"),
 ])
-def test_bad_instances_are_a_422_naming_the_problem_and_unknown_models_a_404(api, instance, problem):
+def test_bad_instances_are_a_422_naming_the_problem_and_unknown_models_a_404(api, instance, field, problem):
+    """Each refusal's `msg` says what was expected, and its `loc` ends with the field at fault."""
     response = predict(api, {"instances": [instance]})
-    assert response.status_code == 422 and problem in response.text, response.text
+    assert response.status_code == 422, response.text
+    errors = response.json()["detail"]
+    assert any(problem in error["msg"] and (field is None or error["loc"][-1] == field) for error in errors), errors
     unknown = predict(api, {"instances": [{"penguin_id": 1}]}, model="emperor_species")
     assert unknown.status_code == 404
     assert all(p.model_name in unknown.json()["detail"] for p in PROJECTS.values()), unknown.text

@@ -114,15 +114,15 @@ def test_canary_assignment_is_sticky_and_its_measured_share_is_the_configured_on
     rollout = start(settings, client, CANARY, version_b, share=0.2)
     applied(logged, rollout)
 
-    keys = [f"share-{uuid.uuid4().hex}" for _ in range(1200)]
+    keys = [f"share-{uuid.uuid4().hex}" for _ in range(500)]  # 4 sd of the share: +-36 keys of 100
     answered = {k: variant(logged, k) for k in keys}
     assert answered == {k: rollout.answering_variant(k) for k in keys}, "every worker assigns as the rollout does"
     on_challenger = sum(v == CHALLENGER for v in answered.values())
     n, share = len(keys), rollout.share
     assert abs(on_challenger - n * share) <= 4 * math.sqrt(n * share * (1 - share)), on_challenger
 
-    sticky = keys[:40]
-    for _ in range(5):  # again, on new connections (any worker)
+    sticky = keys[:30]
+    for _ in range(3):  # again, on new connections (any worker)
         assert {k: variant(logged, k) for k in sticky} == {k: answered[k] for k in sticky}
 
     # Without a customer id, the request id is the key; the version answering is the variant's.

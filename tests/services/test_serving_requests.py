@@ -16,7 +16,6 @@ import pytest
 
 from mlops_platform.projects import PROJECTS
 from tests.conftest import REPO_ROOT, eventually, free_port
-from tests.services.penguin_project import trained_penguins  # noqa: F401
 from tests.services.serving_api import (
     FRESH,
     STALE,
@@ -178,7 +177,7 @@ FUZZ_OPERATIONS = {"POST /predict", "POST /feedback", "GET /health", "GET /ready
 
 @pytest.mark.parametrize("auth", [False, True], ids=["auth-off", "auth-on"])
 def test_every_route_keeps_the_contract_its_openapi_schema_states(request, api, settings, auth, tmp_path,
-                                                                  trained_penguins):  # noqa: F811 (a champion each)
+                                                                  trained_penguins):  # a champion each
     """schemathesis with every check, in both modes (schema-valid and schema-invalid data), on every route:
     a valid request is answered 2xx (or /feedback's documented 404), an invalid one 422, and every status,
     content type and body is the one the schema documents. With auth on, also that a request without the
@@ -194,7 +193,9 @@ def test_every_route_keeps_the_contract_its_openapi_schema_states(request, api, 
          "--checks", "all", "--mode", "all", "--max-examples", "100", "--generation-deterministic",
          "--workers", "1", "--request-timeout", "10", "--continue-on-failure", "--no-color",
          "--report", "junit", "--report-junit-path", str(junit), *headers],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "SCHEMATHESIS_HOOKS": "tests.services.schemathesis_hooks",
+             "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO_ROOT), os.environ.get("PYTHONPATH"))))})
     assert result.returncode == 0, result.stdout[-12000:] + result.stderr[-2000:]
     tested = {case.get("name") for case in ElementTree.parse(junit).iter("testcase")}
     assert tested == FUZZ_OPERATIONS, f"schemathesis tested {sorted(tested)}: a route is missing from the schema"
