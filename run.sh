@@ -11,7 +11,7 @@ UV="$TOOLS_DIR/bootstrap/bin/uv"
 VENV_PY="$ROOT/.venv/bin/python"
 STACKS="feast mlflow airflow kafka monitoring elk jenkins serving"
 STACK_VERBS="up down restart status logs"
-DEBIAN_PACKAGES="postgresql redis-server prometheus"
+DEBIAN_PACKAGES="postgresql redis-server prometheus haproxy"
 
 usage() {
   cat <<EOF
@@ -21,6 +21,9 @@ Platform
   bash run.sh <stack|all> <up|down|restart|status|logs> [--volumes] [--follow] [--mode local|docker]
       stacks: ${STACKS// /, }
       up       start the stack (and what it needs) and wait until every service is healthy
+               serving up --replicas N: N API replicas behind HAProxy (SERVING_REPLICAS)
+               kafka up --consumers N: N stream consumers in one consumer group (STREAM_CONSUMERS)
+               airflow up --workers N: CeleryExecutor with N workers, kept for this platform (0: AIRFLOW_EXECUTOR)
       down     stop it, leaving no process behind; --volumes also deletes its data
       restart  down then up (data kept)
       status   table of service, stack, mode, URL, restarts and health (local mode restarts a crashed service)
@@ -161,6 +164,7 @@ missing_debian_packages() {
   compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
   command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+  [[ -x /usr/sbin/haproxy ]] || command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
   command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
   command -v mvn >/dev/null 2>&1 || missing+=(maven)
   echo "${missing[*]:-}"
@@ -300,9 +304,28 @@ stack_docker() {
 
 cmd_stack() {
   local stack="$1" verb="$2"; shift 2
-  local extra=()
-  for arg in "$@"; do
+  local extra=() WORKERS_FLAG=""
+  while [[ $# -gt 0 ]]; do
+    local arg="$1"; shift
     case "$arg" in
+      # How many instances of a scaled service this `up` runs: exported, so both modes read the setting.
+      --replicas|--consumers)
+        [[ "$verb" == up || "$verb" == restart ]] || die "$arg goes with up or restart"
+        [[ "${1:-}" =~ ^[1-9][0-9]*$ ]] || die "$arg needs a positive number of instances, got '${1:-}'"
+        if [[ "$arg" == --replicas ]]; then
+          [[ "$stack" == serving || "$stack" == all ]] || die "--replicas scales the serving API: use it with serving or all"
+          export SERVING_REPLICAS="$1"
+        else
+          [[ "$stack" == kafka || "$stack" == all ]] || die "--consumers scales the stream consumer: use it with kafka or all"
+          export STREAM_CONSUMERS="$1"
+        fi
+        shift ;;
+      # Airflow on Celery with N workers, remembered for this platform; 0 returns to AIRFLOW_EXECUTOR (docs/airflow.md).
+      --workers)
+        [[ "$verb" == up || "$verb" == restart ]] || die "--workers goes with up or restart"
+        [[ "$stack" == airflow || "$stack" == all ]] || die "--workers scales Airflow's Celery workers: use it with airflow or all"
+        [[ "${1:-}" =~ ^[0-9]+$ ]] || die "--workers needs a number of Celery workers (0 returns to AIRFLOW_EXECUTOR), got '${1:-}'"
+        WORKERS_FLAG="$1"; extra+=(--workers "$1"); shift ;;
       --volumes) [[ "$verb" == down ]] || die "--volumes goes with down"; extra+=(--volumes) ;;
       --follow|-f) [[ "$verb" == logs ]] || die "--follow goes with logs"; extra+=(--follow) ;;
       *) usage >&2; die "unknown option '$arg'" ;;
@@ -311,6 +334,8 @@ cmd_stack() {
   ensure_env_file
   resolve_mode
   if [[ "$MODE" == docker ]]; then
+    [[ -z "$WORKERS_FLAG" ]] || die "--workers is local mode's. In docker mode set AIRFLOW_EXECUTOR=CeleryExecutor in .env, then:
+    docker compose --profile airflow up -d --scale airflow-worker=$WORKERS_FLAG"
     stack_docker "$stack" "$verb" "${extra[@]}"
   else
     [[ -x "$VENV_PY" ]] || cmd_setup
@@ -373,7 +398,8 @@ cmd_deploy() {
     stack_docker all build
     compose --profile feast run --rm feast-init
     # Recreated from the new image, the Airflow containers read the new DAGs.
-    compose --profile airflow up -d --wait airflow-api-server airflow-scheduler airflow-dag-processor airflow-triggerer
+    compose --profile airflow up -d --wait airflow-api-server airflow-scheduler airflow-dag-processor airflow-triggerer \
+      airflow-worker
     compose --profile monitoring exec -T prometheus wget -q -O- --post-data= http://127.0.0.1:9090/-/reload
     compose --profile serving up -d --no-deps --wait serving prediction-logger
   else

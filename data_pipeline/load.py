@@ -66,7 +66,24 @@ def insert_rows(cur, dataset: str, valid: pd.DataFrame, source: str) -> int:
         f"on conflict ({key}) do nothing",
         (source,),
     )
-    return cur.rowcount
+    inserted = cur.rowcount
+    refresh_statistics(cur, table, inserted)
+    return inserted
+
+
+def refresh_statistics(cur, table: str, inserted: int, share: float = 0.1) -> bool:
+    """ANALYZE `table` when this load grew it by more than `share` (or it was never analyzed).
+
+    Autovacuum would, but up to a minute later. A point-in-time join planned on statistics that predate the
+    load (Feast's get_historical_features right after an ingestion) can misjudge its row counts by 1000x and
+    pick nested loops that run for many minutes instead of one second."""
+    cur.execute("select reltuples from pg_class where oid = %s::regclass", (table,))
+    row = cur.fetchone()
+    estimated = float(row[0]) if row else -1.0
+    if inserted > 0 and (estimated <= 0 or inserted > share * estimated):
+        cur.execute(f"analyze {table}")
+        return True
+    return False
 
 
 def storable_text(value: str) -> str:

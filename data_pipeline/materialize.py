@@ -2,12 +2,16 @@
 
 Feast's own `store.materialize()` converts every row to protobuf objects in Python and writes them
 one by one (about 12k rows/s). This module writes the very same keys and bytes: it asks PostgreSQL
-for the latest row per driver (DISTINCT ON, streamed with COPY), encodes the values with the byte
-layouts Feast itself produces (checked against Feast's serializer on every run), and writes them
-with one server-side compare-and-set call per 2,000 drivers, encoding the next chunk while Redis
-stores the last. Like Feast, it never replaces a value
-with an older one, and it records the interval in Feast's registry so `feast` tools see what was
-materialized.
+for the latest row per driver (DISTINCT ON, streamed with COPY), packs the values in the byte layouts
+Feast itself produces (data_pipeline.online_write, checked against Feast's serializer on every run),
+and writes them with one server-side compare-and-set call per 2,000 drivers. Like Feast, it never
+replaces a value with an older one, and it records the interval in Feast's registry so `feast` tools
+see what was materialized.
+
+The drivers split into shards by driver_id (data_pipeline.shards): the DAG runs one task per shard
+(`materialize_shard`), then records the interval once (`record_materialization`). Within a shard the
+work goes in parts, so PostgreSQL reads the next part while this process packs the last one and Redis
+stores the one before.
 
 The penguin view (a few hundred rows) goes through Feast's own `store.materialize()`: no fast path to keep
 in step with Feast's encoding for a view that small.
@@ -18,6 +22,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,6 +31,8 @@ import numpy as np
 import pandas as pd
 
 from data_pipeline.offline_store import STATS_TABLE
+from data_pipeline.online_write import CompareAndSetPacker, write_newer_lua
+from data_pipeline.shards import Shard
 from feast_repo import penguin_features
 from feast_repo.features import FEATURE_VIEW
 from mlops_platform.feature_store import FeastRedisEncoding, feature_store, online_store_address
@@ -33,7 +40,10 @@ from mlops_platform.postgres import connect
 from mlops_platform.redis_client import redis_client
 from mlops_platform.settings import Settings, get_settings
 
-CHUNK_ROWS = 2_000
+CHUNK_ROWS = 2_000  # drivers per script call: Redis runs one call for ~10 ms, then serves others
+PARTS_PER_SHARD = 4  # reads per shard, each overlapping the writes of the one before
+IN_FLIGHT_CALLS = 2  # packed calls waiting for Redis: enough to keep it busy, few enough to bound memory
+ALL_DRIVERS = Shard(0, 1)
 log = logging.getLogger(__name__)
 
 
@@ -58,13 +68,14 @@ def _utc(value: datetime) -> datetime:
     return datetime.fromtimestamp(value.timestamp(), UTC)
 
 
-def latest_rows(start: datetime, end: datetime, features: list[str], settings: Settings | None = None) -> pd.DataFrame:
-    """The newest row per driver with start <= event_timestamp < end, as Feast's offline pull picks it."""
+def latest_rows(start: datetime, end: datetime, features: list[str], settings: Settings | None = None,
+                shard: Shard = ALL_DRIVERS) -> pd.DataFrame:
+    """The newest row per driver of `shard` with start <= event_timestamp < end, as Feast's offline pull picks it."""
     columns = ", ".join(features)
     query = (
         f"COPY (SELECT DISTINCT ON (driver_id) driver_id, "
         f"(extract(epoch from event_timestamp) * 1000000)::bigint AS event_us, {columns} "
-        f"FROM {STATS_TABLE} WHERE event_timestamp >= %s AND event_timestamp < %s "
+        f"FROM {STATS_TABLE} WHERE event_timestamp >= %s AND event_timestamp < %s AND {shard.sql_condition()} "
         f"ORDER BY driver_id, event_timestamp DESC, created DESC) TO STDOUT WITH (FORMAT csv)"
     )
     buffer = io.BytesIO()
@@ -76,86 +87,101 @@ def latest_rows(start: datetime, end: datetime, features: list[str], settings: S
     return pd.read_csv(buffer, header=None, names=["driver_id", "event_us", *features], engine="pyarrow")
 
 
-# Compare-and-set on the server, one call per chunk: a key is written only when the new event time is
-# newer than the one stored in Feast's `_ts:<view>` field (a protobuf Timestamp, decoded here), the same
-# rule Feast's own online_write_batch applies. It saves the per-key round trip of reading first.
-def write_newer_lua(features: int) -> str:
-    """The compare-and-set script for a view with `features` features (HSET arguments spelled out)."""
-    pairs = ", ".join(f"ARGV[{3 + f}], ARGV[at + {2 + f}]" for f in range(1, features + 1))
-    return """
-local function varint(s, pos)
-  local value, scale = 0, 1
-  while true do
-    local byte = string.byte(s, pos)
-    pos = pos + 1
-    value = value + (byte % 128) * scale
-    if byte < 128 then return value, pos end
-    scale = scale * 128
-  end
-end
-local function micros(raw)
-  if not raw then return 0 end
-  local seconds, nanos, pos = 0, 0, 1
-  while pos <= #raw do
-    local tag = string.byte(raw, pos)
-    local value
-    value, pos = varint(raw, pos + 1)
-    if tag == 8 then seconds = value elseif tag == 16 then nanos = value end
-  end
-  return seconds * 1000000 + math.floor(nanos / 1000)
-end
-local ts_field, ttl = ARGV[1], tonumber(ARGV[2])
-local base, stride, written = BASE, STRIDE, 0
-for k = 1, #KEYS do
-  local at = base + (k - 1) * stride
-  if tonumber(ARGV[at + 1]) > micros(redis.call('HGET', KEYS[k], ts_field)) then
-    redis.call('HSET', KEYS[k], ts_field, ARGV[at + 2], PAIRS)
-    if ttl > 0 then redis.call('EXPIRE', KEYS[k], ttl) end
-    written = written + 1
-  end
-end
-return written
-""".replace("BASE", str(3 + features)).replace("STRIDE", str(2 + features)).replace("PAIRS", pairs)
+class OnlineWriter:
+    """Writes frames of (driver_id, event_us, features...) into Redis with the compare-and-set script.
+
+    `add()` packs a frame and queues its calls (a thread sends them while the next ones are packed);
+    `finish()` waits for all and returns (written, skipped as older).
+    """
+
+    def __init__(self, store, feature_view_name: str = FEATURE_VIEW) -> None:
+        online = store.config.online_store
+        if str(getattr(online, "redis_type", "redis")).lower().endswith("cluster"):
+            raise NotImplementedError("the fast path writes to a single Redis server, not a cluster")
+        encoding = FeastRedisEncoding.of(store, store.get_feature_view(feature_view_name))
+        self._features = list(encoding.kinds)
+        self._script = write_newer_lua(len(self._features))
+        self._client = redis_client(online_store_address(store))
+        sha = self._client.script_load(self._script)
+        self._packer = CompareAndSetPacker(encoding, sha, int(online.key_ttl_seconds or 0))
+        self._connection = self._client.connection_pool.get_connection()
+        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="redis-writer")
+        self._pending: deque = deque()
+        self.rows = 0
+        self.written = 0
+
+    def add(self, frame: pd.DataFrame) -> None:
+        if frame.empty:
+            return
+        keys = self._packer.keys(frame["driver_id"].to_numpy(dtype=np.int64))
+        arguments = self._packer.row_arguments(frame["event_us"].to_numpy(dtype=np.int64),
+                                               [frame[name].to_numpy() for name in self._features])
+        per_row = self._packer.items_per_row
+        for begin in range(0, len(frame), CHUNK_ROWS):
+            end = min(begin + CHUNK_ROWS, len(frame))
+            command = self._packer.command(keys[begin:end], arguments[begin * per_row:end * per_row])
+            self._pending.append(self._sender.submit(self._send, command))
+            while len(self._pending) > IN_FLIGHT_CALLS:
+                self.written += self._pending.popleft().result()
+        self.rows += len(frame)
+
+    def finish(self) -> tuple[int, int]:
+        while self._pending:
+            self.written += self._pending.popleft().result()
+        return self.written, self.rows - self.written
+
+    def close(self) -> None:
+        self._sender.shutdown(wait=True, cancel_futures=True)
+        self._connection.disconnect()  # never hand a connection with unread replies back to the pool
+        self._client.connection_pool.release(self._connection)
+        self._client.close()
+
+    def __enter__(self) -> OnlineWriter:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _send(self, command: bytes) -> int:
+        from redis.exceptions import NoScriptError
+
+        self._connection.send_packed_command([command], check_health=False)
+        try:
+            return int(self._connection.read_response())
+        except NoScriptError:  # Redis restarted or flushed its scripts since start-up: load it, send again
+            self._client.script_load(self._script)
+            self._connection.send_packed_command([command], check_health=False)
+            return int(self._connection.read_response())
 
 
 def write_rows(store, frame: pd.DataFrame, feature_view_name: str = FEATURE_VIEW) -> tuple[int, int]:
     """Write the rows (driver_id, event_us, features...) into Redis; returns (written, skipped as older)."""
-    feature_view = store.get_feature_view(feature_view_name)
-    encoding = FeastRedisEncoding.of(store, feature_view)
-    kinds = encoding.kinds
-    online = store.config.online_store
-    if str(getattr(online, "redis_type", "redis")).lower().endswith("cluster"):
-        raise NotImplementedError("the fast path writes to a single Redis server, not a cluster")
-    client = redis_client(online_store_address(store))
-    write_newer = client.register_script(write_newer_lua(len(kinds)))
-    head = [encoding.ts_field, int(online.key_ttl_seconds or 0), len(kinds), *encoding.fields.values()]
+    with OnlineWriter(store, feature_view_name) as writer:
+        writer.add(frame)
+        return writer.finish()
 
-    def encode(chunk: pd.DataFrame) -> tuple[list[bytes], list]:
-        event_us = chunk["event_us"].to_numpy(dtype=np.int64).tolist()
-        columns = [(kind, chunk[name].to_numpy().tolist()) for name, kind in kinds.items()]
-        args = list(head)
-        for i, us in enumerate(event_us):
-            args.append(us)
-            args.append(encoding.timestamp(us))
-            args.extend(encoding.value(kind, values[i]) for kind, values in columns)
-        keys = [encoding.key(d) for d in chunk["driver_id"].to_numpy(dtype=np.int64).tolist()]
-        return keys, args
 
-    # Redis runs a chunk's script while this process encodes the next one (the socket wait frees the GIL).
-    written = 0
-    try:
-        with ThreadPoolExecutor(max_workers=1) as sender:
-            pending = None
-            for begin in range(0, len(frame), CHUNK_ROWS):
-                keys, args = encode(frame.iloc[begin:begin + CHUNK_ROWS])
-                if pending is not None:
-                    written += int(pending.result())
-                pending = sender.submit(write_newer, keys=keys, args=args)
+def write_shard(start: datetime, end: datetime, shard: Shard, store, settings: Settings | None = None,
+                parts: int = PARTS_PER_SHARD) -> tuple[int, int, int]:
+    """Read and write the latest rows of `shard` in [start, end) in `parts` parts, the next part read while the
+    last is written; returns (rows read, written, skipped as older). Records nothing in Feast's registry."""
+    features = [f.name for f in store.get_feature_view(FEATURE_VIEW).features]
+    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offline-reader")
+    with OnlineWriter(store) as writer, reader:
+        pending = None
+        for part in shard.parts(parts):
+            reading = reader.submit(latest_rows, start, end, features, settings, part)
             if pending is not None:
-                written += int(pending.result())
-    finally:
-        client.close()
-    return written, len(frame) - written
+                writer.add(pending.result())
+            pending = reading
+        writer.add(pending.result())
+        written, skipped = writer.finish()
+        return writer.rows, written, skipped
+
+
+def record_materialization(store, start: datetime, end: datetime) -> None:
+    """Tell Feast's registry that driver_stats holds [start, end), as its own materialize would."""
+    store.registry.apply_materialization(store.get_feature_view(FEATURE_VIEW), store.project, start, end)
 
 
 def delete_online_rows(store, driver_ids, feature_view_name: str = FEATURE_VIEW) -> int:
@@ -188,15 +214,39 @@ def materialize_interval(start: datetime, end: datetime, settings: Settings | No
     start, end = _window(start, end, settings, overlap)
     began = time.perf_counter()
     store = store or feature_store(settings)
-    feature_view = store.get_feature_view(FEATURE_VIEW)
-    frame = latest_rows(start, end, [f.name for f in feature_view.features], settings)
-    written, skipped = write_rows(store, frame)
-    store.registry.apply_materialization(feature_view, store.project, start, end)
-    report = MaterializeReport(start, end, len(frame), written, skipped, time.perf_counter() - began)
-    log.info("materialized %s", FEATURE_VIEW, extra={
-        "interval_start": start.isoformat(), "interval_end": end.isoformat(), "rows_read": report.rows_read,
-        "rows_written": written, "rows_skipped_older": skipped, "seconds": round(report.seconds, 3)})
+    rows, written, skipped = write_shard(start, end, ALL_DRIVERS, store, settings)
+    record_materialization(store, start, end)
+    report = MaterializeReport(start, end, rows, written, skipped, time.perf_counter() - began)
+    _log_report(report)
     return report
+
+
+def materialize_shard(start: datetime, end: datetime, shard: Shard, settings: Settings | None = None,
+                      store=None) -> MaterializeReport:
+    """One shard's part of a sharded run over exactly [start, end) (the planner applied the overlap); the
+    run records the interval with `record_materialization` once every shard succeeded."""
+    settings = settings or get_settings()
+    start, end = _utc(start), _utc(end)
+    began = time.perf_counter()
+    store = store or feature_store(settings)
+    rows, written, skipped = write_shard(start, end, shard, store, settings)
+    report = MaterializeReport(start, end, rows, written, skipped, time.perf_counter() - began)
+    _log_report(report, shard)
+    return report
+
+
+def planned_window(start: datetime, end: datetime, settings: Settings | None = None,
+                   overlap: timedelta | None = None) -> tuple[datetime, datetime]:
+    """The window a run materializes, [start - overlap, end) in UTC, fixed once for all its shards."""
+    return _window(start, end, settings or get_settings(), overlap)
+
+
+def _log_report(report: MaterializeReport, shard: Shard = ALL_DRIVERS) -> None:
+    log.info("materialized %s", FEATURE_VIEW, extra={
+        "interval_start": report.start.isoformat(), "interval_end": report.end.isoformat(),
+        "shard": shard.index, "shards": shard.count, "rows_read": report.rows_read,
+        "rows_written": report.rows_written, "rows_skipped_older": report.rows_skipped_older,
+        "seconds": round(report.seconds, 3)})
 
 
 def materialize_penguins(start: datetime, end: datetime, settings: Settings | None = None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mlops_platform import local, local_stacks
+from mlops_platform import airflow_executor, local, local_stacks
 from mlops_platform.errors import PlatformError
 from mlops_platform.local_service import delete_home
 from mlops_platform.services import STACKS
@@ -20,6 +20,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("verb", choices=VERBS)
     parser.add_argument("--volumes", action="store_true", help="with down: also delete the stack's data")
     parser.add_argument("--follow", "-f", action="store_true", help="with logs: keep following")
+    parser.add_argument("--workers", type=int, help="with airflow up: CeleryExecutor with N workers, remembered "
+                        "for this platform; 0 returns to AIRFLOW_EXECUTOR (mlops_platform.airflow_executor)")
     return parser.parse_args(argv)
 
 
@@ -32,6 +34,11 @@ def main(argv: list[str]) -> int:
         return 2
     stacks = list(STACKS) if args.stack == "all" else [args.stack]
     try:
+        if args.workers is not None and (args.stack not in ("airflow", "all") or args.verb not in ("up", "restart")):
+            raise PlatformError("--workers scales Airflow's Celery workers: use it with `airflow up` or `all up`")
+        settings = airflow_executor.choose(settings, args.workers)
+        if args.verb in ("up", "restart") and "airflow" in stacks:
+            airflow_executor.apply_change(settings)
         if args.verb in ("down", "restart"):
             for stack in reversed(stacks):
                 local_stacks.down(stack, settings, volumes=args.volumes and args.verb == "down")

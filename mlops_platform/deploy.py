@@ -13,6 +13,7 @@ import sys
 import urllib.error
 import urllib.request
 
+from mlops_platform import airflow_executor
 from mlops_platform.errors import PlatformError
 from mlops_platform.feast_apply import apply_if_changed
 from mlops_platform.local import say
@@ -26,6 +27,7 @@ from mlops_platform.settings import get_settings
 def main() -> int:
     settings = get_settings()
     try:
+        settings = airflow_executor.choose(settings, None)  # the executor and workers this platform runs with
         for stack in ("feast", "airflow", "monitoring"):
             up(stack, settings, asked_alone=False)
         say("[deploy] feature repo")

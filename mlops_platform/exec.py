@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
+from mlops_platform.airflow_config import worker_refusal
 from mlops_platform.services import BY_NAME, merged_env, python_command, write_airflow_passwords
 from mlops_platform.settings import get_settings
 
@@ -23,6 +24,10 @@ def main(argv: list[str]) -> int:
     settings = get_settings()
     if name in ("airflow-init", "airflow-api-server"):
         write_airflow_passwords(settings)
+    refusal = worker_refusal(settings) if name == "airflow-worker" else ""
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
     command = python_command(name, settings)
     sys.stdout.flush()
     os.execve(command.argv[0], command.argv, merged_env(command.env))

@@ -123,6 +123,15 @@ def airflow_component(key: str) -> Callable[[Settings], str]:
     return check
 
 
+def airflow_worker(settings: Settings) -> str:
+    from mlops_platform import airflow_worker as worker
+
+    try:
+        return worker.ping(settings)
+    except RuntimeError as exc:
+        raise Unhealthy(str(exc)) from None
+
+
 def kafka(settings: Settings) -> str:
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
@@ -163,8 +172,10 @@ CHECKS: dict[str, Callable[[Settings], str]] = {
     "airflow-scheduler": airflow_component("scheduler"),
     "airflow-dag-processor": airflow_component("dag_processor"),
     "airflow-triggerer": airflow_component("triggerer"),
+    "airflow-worker": airflow_worker,
     "kafka": kafka,
     "serving": serving,
+    "serving-lb": serving,  # HAProxy is healthy when a replica of the API answers through it
     "prometheus": prometheus,
     **{service.name: partial(metrics_health, service) for service in SERVICES if service.health is not None},
 }

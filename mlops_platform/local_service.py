@@ -14,7 +14,7 @@ import time
 import xmlrpc.client
 from pathlib import Path
 
-from mlops_platform import health, mlflow_server, process_tree, supervisor
+from mlops_platform import haproxy, instances, mlflow_server, process_tree, supervisor
 from mlops_platform.errors import PlatformError
 from mlops_platform.local import (
     POLL_SECONDS,
@@ -29,6 +29,7 @@ from mlops_platform.local import (
 )
 from mlops_platform.local_prepare import AFTER_START, PREPARE, drop_database, postgres_server_answers
 from mlops_platform.services import (
+    BY_NAME,
     Service,
     airflow_home,
     data_dir,
@@ -99,7 +100,13 @@ def _stop_unsupervised(service: Service, settings: Settings) -> bool:
 
 
 def start(service: Service, settings: Settings) -> None:
+    """Start the service (a scaled one: its instances, then its balancer) unless it runs; wait until healthy."""
+    if service.scaling is not None:
+        _start_scaled(service, settings)
+        return
     started_now = main_pid(settings, service.name) is None
+    if not started_now and service.name in RECONFIGURE:
+        RECONFIGURE[service.name](settings, main_pid(settings, service.name))
     if started_now:
         _stop_unsupervised(service, settings)
         for port in ports_of(service, settings):
@@ -111,6 +118,8 @@ def start(service: Service, settings: Settings) -> None:
         data_dir(settings, service.name).mkdir(parents=True, exist_ok=True)
         if service.name in PREPARE:
             PREPARE[service.name](settings)
+        if service.name in RECONFIGURE:
+            RECONFIGURE[service.name](settings, None)
         pid = _supervise(service, settings)
         say(f"  {service.name}: started (pid {pid}), waiting until healthy ...")
     started = time.monotonic()
@@ -119,6 +128,30 @@ def start(service: Service, settings: Settings) -> None:
         AFTER_START[service.name](settings)
         _wait_healthy(service, settings, started_now)
     say(f"  {service.name}: healthy after {time.monotonic() - started:.1f}s")
+
+
+def _start_scaled(service: Service, settings: Settings) -> None:
+    """Every instance the count asks for, then the balancer (told the new set), then the instances too many."""
+    for one in instances.planned(service, settings):
+        start(one, settings)
+    front = instances.front_of(service)
+    if front is not None:
+        start(front, settings)
+    for extra in instances.surplus(service, settings):
+        stop(extra, settings)
+
+
+def _haproxy_config(settings: Settings, running_pid: int | None) -> None:
+    """HAProxy's file for the replicas the count asks for; a running HAProxy reloads a changed one."""
+    replicas = {one.name: one.port(settings) for one in instances.planned(BY_NAME["serving"], settings)}
+    if haproxy.write_config(settings, replicas) and running_pid is not None:
+        haproxy.reload(running_pid)
+        say(f"  serving-lb: reloaded for {len(replicas)} replica(s)")
+
+
+# What a service's configuration is made from can change while it runs: written before a start, and
+# handed to the running service (with its main pid) at an `up` that finds it running.
+RECONFIGURE = {"serving-lb": _haproxy_config}
 
 
 def _wait_healthy(service: Service, settings: Settings, started_now: bool = True) -> None:
@@ -140,7 +173,7 @@ def _wait_healthy(service: Service, settings: Settings, started_now: bool = True
             )
         else:
             # PostgreSQL's databases are created right after the server answers.
-            ok, detail = (health.check(service.name, settings) if service.name != "postgres"
+            ok, detail = (instances.check(service, settings) if service.name != "postgres"
                           else postgres_server_answers(settings))
             if ok:
                 return
@@ -169,7 +202,12 @@ def run_one_shot(service: Service, settings: Settings) -> None:
 
 def stop(service: Service, settings: Settings, quiet: bool = False) -> bool:
     """Stop the service and every process of it, and forget it in supervisord (so nothing restarts it);
-    True when something was running."""
+    True when something was running. A scaled service: every instance of it, whatever count started them."""
+    if service.scaling is not None:
+        stopped_any = False
+        for one in reversed(instances.every(service, settings)):
+            stopped_any |= stop(one, settings, quiet)
+        return stopped_any
     stopped = False
     if supervisor.daemon_pid(settings) is not None:
         try:

@@ -12,7 +12,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlops_platform import health, process_tree, supervisor
+from mlops_platform import instances, process_tree, supervisor
 from mlops_platform.errors import PlatformError
 from mlops_platform.local import main_pid, ports_of, restart_count, say, tail, unsupervised_processes
 from mlops_platform.local_service import STOP_TIMEOUT_SECONDS, delete_data, run_one_shot, start, stop
@@ -20,8 +20,9 @@ from mlops_platform.services import BY_NAME, SERVICES, Service, log_file, servic
 from mlops_platform.settings import Settings
 
 
-def with_requirements(stack: str) -> list[Service]:
-    """The stack's services and what they need, in start order (SERVICES is ordered that way)."""
+def with_requirements(stack: str, settings: Settings | None = None) -> list[Service]:
+    """The stack's services and what they need, in start order (SERVICES is ordered that way); with
+    `settings`, a scaled service of which none is asked for (Airflow's workers without Celery) is left out."""
     wanted: set[str] = set()
 
     def add(name: str) -> None:
@@ -31,12 +32,13 @@ def with_requirements(stack: str) -> list[Service]:
                 add(required)
 
     for service in services_of(stack):
-        add(service.name)
+        if settings is None or service.scaling is None or service.scaling.count(settings) > 0:
+            add(service.name)
     return [service for service in SERVICES if service.name in wanted]
 
 
 def up(stack: str, settings: Settings, asked_alone: bool) -> None:
-    services = with_requirements(stack)
+    services = with_requirements(stack, settings)
     if not services:
         say(f"[{stack}] nothing to start yet")
         return
@@ -70,7 +72,7 @@ def down(stack: str, settings: Settings, volumes: bool) -> None:
         stopped_any |= stop(service, settings)
     stop_supervisor_if_idle(settings)
     if volumes:
-        for service in services:
+        for service in instances.expand(services, settings):
             delete_data(service, settings)
     if not stopped_any and not volumes:
         say("  nothing was running")
@@ -146,7 +148,7 @@ def state_of(service: Service, settings: Settings,
         return ServiceState(service.name, "restarting", f"main process gone ({program.state})", restarts)
     if program.state == "STOPPING":
         return ServiceState(service.name, "stopping", f"stopping (pid {pid})", restarts)
-    healthy, detail = health.check(service.name, settings)
+    healthy, detail = instances.check(service, settings)
     if healthy:
         members = process_tree.instance_members(settings.home, service.name, pid)
         foreign = [port for port in ports_of(service, settings) if process_tree.foreign_listener(port, members)]
@@ -164,7 +166,7 @@ def status_rows(stacks: list[str], settings: Settings) -> list[tuple[str, str, s
     programs = supervisor.programs(settings)
     rows = []
     for stack in stacks:
-        for service in services_of(stack):
+        for service in instances.expand(services_of(stack), settings):
             state = state_of(service, settings, programs)
             url = service.url(settings) if service.url else "-"
             restarts = "-" if state.restarts is None else str(state.restarts)
@@ -184,7 +186,8 @@ def print_status(stacks: list[str], settings: Settings) -> bool:
 
 
 def logs(stacks: list[str], settings: Settings, follow: bool) -> None:
-    files = [log_file(settings, s.name) for stack in stacks for s in services_of(stack) if not s.docker_only]
+    files = [log_file(settings, s.name) for stack in stacks
+             for s in instances.expand(services_of(stack), settings) if not s.docker_only]
     existing = [str(f) for f in files if f.exists()]
     if not existing:
         say("no logs yet")

@@ -4,6 +4,8 @@ One table serves both run modes. docker-compose.yml runs our own services with
 `python -m mlops_platform.exec <name>` and checks them with `python -m mlops_platform.health <name>`;
 local mode starts the very same commands as processes. Services from upstream images (PostgreSQL,
 Redis, Kafka, Prometheus) run here from Debian's packages and Maven's jars with equivalent settings.
+A row with `scaling` runs as several instances (serving replicas behind HAProxy, stream consumers in one
+group): how many, and what differs between them, is declared here; mlops_platform.instances makes them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlops_platform import mlflow_server
+from mlops_platform.airflow_config import (
+    airflow_env,
+    airflow_home,
+    airflow_worker_command,
+    airflow_worker_count,
+    airflow_worker_variables,
+)
 from mlops_platform.settings import REPO_ROOT, Settings
 
 STACKS = ("feast", "mlflow", "airflow", "kafka", "monitoring", "elk", "jenkins", "serving")
@@ -48,6 +57,42 @@ class MetricsHealth:
 
 
 @dataclass(frozen=True)
+class Scaling:
+    """A service run as several instances, each a process (local mode) or container (docker mode) of its own.
+
+    `count` is how many `up` runs (a setting, e.g. SERVING_REPLICAS); `variables(settings, i)` the
+    environment variables instance i (1..count) gets on top of the platform's, e.g. its own port. Local
+    mode names instance 1 after the service and instance i `<service>-<i>` (mlops_platform.instances),
+    so one instance is exactly the service as it always was. `front`: the service that balances the
+    instances (started after them, told when their number changes), if any.
+    """
+
+    count: Callable[[Settings], int]
+    variables: Callable[[Settings, int], dict[str, str]] = lambda s, i: {}
+    front: str = ""
+
+
+def instance_port(base: int, step: int, slot: int) -> int:
+    """Port of slot `slot` of a scaled service: its own port for slot 0, then `step` apart."""
+    port = base + slot * step
+    if not 1 <= port <= 65535:
+        raise ValueError(f"instance port {base} + {slot} * {step} = {port} is not a TCP port: lower "
+                         f"INSTANCE_PORT_STEP or the number of instances")
+    return port
+
+
+def serving_replica_variables(settings: Settings, index: int) -> dict[str, str]:
+    """Replica i listens on SERVING_PORT + i * INSTANCE_PORT_STEP; SERVING_PORT itself is HAProxy's."""
+    return {"SERVING_PORT": str(instance_port(settings.serving_port, settings.instance_port_step, index))}
+
+
+def stream_consumer_variables(settings: Settings, index: int) -> dict[str, str]:
+    """Consumer 1 keeps STREAM_CONSUMER_PORT for its metrics, consumer i the (i - 1)th step after it."""
+    return {"STREAM_CONSUMER_PORT": str(instance_port(settings.stream_consumer_port, settings.instance_port_step,
+                                                      index - 1))}
+
+
+@dataclass(frozen=True)
 class Service:
     name: str
     stack: str
@@ -64,6 +109,10 @@ class Service:
     extra_ports: Callable[[Settings], list[int]] = lambda s: []
     # How `python -m mlops_platform.health <name>` checks a service whose health is a gauge of its metrics.
     health: MetricsHealth | None = None
+    # Several instances of it (see Scaling); an instance knows its service and its own variables.
+    scaling: Scaling | None = None
+    instance_of: str = ""
+    instance_variables: dict[str, str] = field(default_factory=dict)
 
 
 def _http(host: str, port: int, path: str = "") -> str:
@@ -84,10 +133,14 @@ SERVICES: tuple[Service, ...] = (
     Service("airflow-scheduler", "airflow", requires=("airflow-api-server",)),
     Service("airflow-dag-processor", "airflow", requires=("airflow-api-server",)),
     Service("airflow-triggerer", "airflow", requires=("airflow-api-server",)),
+    # CeleryExecutor's workers (none with LocalExecutor); they take tasks from Redis (docs/airflow.md).
+    Service("airflow-worker", "airflow", requires=("redis", "airflow-api-server"),
+            scaling=Scaling(airflow_worker_count, airflow_worker_variables)),
     Service("kafka", "kafka", port=lambda s: s.kafka_port, launch="native",
             extra_ports=lambda s: [s.kafka_controller_port],
             url=lambda s: f"kafka://{s.kafka_bootstrap_servers}"),
     Service("stream-consumer", "kafka", port=lambda s: s.stream_consumer_port, requires=("kafka", "feast-apply"),
+            scaling=Scaling(lambda s: s.stream_consumers, stream_consumer_variables),
             url=lambda s: f"{s.stream_consumer_url}/metrics", health=MetricsHealth(
                 "driver_stats_consumer_ready",
                 "not connected to Kafka and the stores yet, or the last batch failed (see its log)",
@@ -101,6 +154,10 @@ SERVICES: tuple[Service, ...] = (
                 "not connected to Kafka and PostgreSQL yet, or the last batch failed (see its log)",
                 "{prediction_logger_messages_consumed_total:.0f} messages consumed, lag {prediction_logger_lag:.0f}")),
     Service("serving", "serving", port=lambda s: s.serving_port, requires=("redis", "mlflow", "kafka", "feast-apply"),
+            scaling=Scaling(lambda s: s.serving_replicas, serving_replica_variables, front="serving-lb"),
+            url=lambda s: s.serving_url),
+    # HAProxy in front of the API's replicas, on SERVING_PORT (mlops_platform.haproxy).
+    Service("serving-lb", "serving", port=lambda s: s.serving_port, requires=("serving",), launch="native",
             url=lambda s: s.serving_url),
     Service("monitoring-service", "monitoring", port=lambda s: s.monitoring_service_port,
             requires=("postgres", "mlflow"), url=lambda s: f"{s.monitoring_service_url}/metrics",
@@ -136,40 +193,9 @@ def pid_file(settings: Settings, name: str) -> Path:
     return settings.home / "run" / f"{name}.pid"
 
 
-def airflow_home(settings: Settings) -> Path:
-    return settings.home / "airflow"
-
-
 # ---------------------------------------------------------------------------------------------
 # Commands of our Python services (run by `python -m mlops_platform.exec`, in both modes).
 # ---------------------------------------------------------------------------------------------
-def airflow_env(settings: Settings) -> dict[str, str]:
-    """Airflow's whole configuration, derived from the platform settings (no airflow.cfg edits)."""
-    home = airflow_home(settings)
-    return {
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "airflow" / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__PARALLELISM": str(settings.airflow_parallelism),
-        "AIRFLOW__CORE__FERNET_KEY": settings.airflow_fernet_key,
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{settings.airflow_url}/execution/",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{settings.airflow_admin_user}:admin",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": settings.postgres_url(settings.airflow_db),
-        "AIRFLOW__API__HOST": settings.listen_address,
-        "AIRFLOW__API__PORT": str(settings.airflow_port),
-        "AIRFLOW__API__WORKERS": "1",
-        "AIRFLOW__API__SECRET_KEY": settings.airflow_secret_key,
-        "AIRFLOW__API_AUTH__JWT_SECRET": settings.airflow_secret_key,
-        "AIRFLOW__API_AUTH__JWT_EXPIRATION_TIME": str(settings.airflow_jwt_expiration_seconds),
-        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
-        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
-        "PYTHONPATH": str(REPO_ROOT),
-    }
-
-
 def write_private_file(path: Path, text: str) -> None:
     """A file holding a secret: created readable by its owner only, never readable by others on the way."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -191,6 +217,8 @@ def python_command(name: str, settings: Settings) -> Command:
         return Command(*mlflow_server.server_command(settings))
     if name == "airflow-init":
         return Command([py, "-m", "airflow", "db", "migrate"], airflow_env(settings))
+    if name == "airflow-worker":
+        return Command(airflow_worker_command(settings), airflow_env(settings))
     if name.startswith("airflow-"):
         component = name.removeprefix("airflow-")
         return Command([py, "-m", "airflow", component], airflow_env(settings))
@@ -293,7 +321,10 @@ def kafka_properties(settings: Settings) -> str:
 
 
 def kafka_cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A random cluster id; never one starting with '-', which kafka-storage's parser takes for an option."""
+    while (cluster_id := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith("-"):
+        pass
+    return cluster_id
 
 
 def java_command(settings: Settings, main_class: str, *args: str) -> list[str]:
@@ -326,6 +357,10 @@ def native_command(name: str, settings: Settings) -> Command:
     if name == "kafka":
         props = settings.home / "kafka" / "server.properties"
         return Command(java_command(settings, "kafka.Kafka", str(props)))
+    if name == "serving-lb":
+        from mlops_platform import haproxy
+
+        return Command(haproxy.command(settings))
     if name == "prometheus":
         return Command([
             "prometheus", f"--config.file={settings.home / 'prometheus' / 'prometheus.yml'}",
@@ -340,8 +375,10 @@ def local_launch(service: Service, settings: Settings) -> Command:
     """What local mode spawns: our services through the same entry point docker-compose.yml uses."""
     if service.launch == "native":
         return native_command(service.name, settings)
-    return Command([sys.executable, "-m", "mlops_platform.exec", service.name],
-                   {"PYTHONPATH": str(REPO_ROOT)})
+    # Airflow's services record the executor they started with (local mode can switch it: airflow_executor).
+    executor = {"AIRFLOW_EXECUTOR": settings.airflow_executor} if service.stack == "airflow" else {}
+    return Command([sys.executable, "-m", "mlops_platform.exec", service.instance_of or service.name],
+                   {"PYTHONPATH": str(REPO_ROOT), **executor, **service.instance_variables})
 
 
 # prometheus_client's multiprocess directory belongs to one process tree. Feast's import sets it in any
@@ -350,9 +387,14 @@ def local_launch(service: Service, settings: Settings) -> Command:
 PROCESS_PRIVATE_VARIABLES = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR")
 
 
+# Usage reporting off in every process we start (an exported value wins): MLflow's telemetry thread
+# races `requests` in task processes (KeyError '_MLFLOW_TELEMETRY_SESSION_ID' failed training tasks).
+QUIET_LIBRARIES = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
+
+
 def merged_env(*parts: dict[str, str]) -> dict[str, str]:
     """This process's environment without its process-private variables, with `parts` on top."""
-    env = {key: value for key, value in os.environ.items() if key not in PROCESS_PRIVATE_VARIABLES}
+    env = {**QUIET_LIBRARIES, **{k: v for k, v in os.environ.items() if k not in PROCESS_PRIVATE_VARIABLES}}
     for part in parts:
         env.update(part)
     return env

@@ -84,6 +84,13 @@ def positive(key: str, raw: str) -> int:
     return value
 
 
+def count(key: str, raw: str) -> int:
+    value = integer(key, raw)
+    if value < 0:
+        raise SettingsError(f"{key} must be 0 or more, got {value}")
+    return value
+
+
 def share(key: str, raw: str) -> float:
     try:
         value = float(raw)
@@ -137,6 +144,7 @@ class Settings:
     bind_address: str = setting("BIND_ADDRESS")
     listen_address: str = setting("LISTEN_ADDRESS")
     health_timeout: float = setting("HEALTH_TIMEOUT_SECONDS", number)
+    instance_port_step: int = setting("INSTANCE_PORT_STEP", positive)
 
     postgres_host: str = setting("POSTGRES_HOST")
     postgres_port: int = setting("POSTGRES_PORT", port)
@@ -162,6 +170,11 @@ class Settings:
     airflow_fernet_key: str = setting("AIRFLOW_FERNET_KEY")
     airflow_secret_key: str = setting("AIRFLOW_SECRET_KEY")
     airflow_jwt_expiration_seconds: int = setting("AIRFLOW_JWT_EXPIRATION_SECONDS", integer)
+    airflow_executor: str = setting("AIRFLOW_EXECUTOR", one_of("LocalExecutor", "CeleryExecutor"))
+    airflow_workers: int = setting("AIRFLOW_WORKERS", count)
+    airflow_worker_concurrency: int = setting("AIRFLOW_WORKER_CONCURRENCY", positive)
+    airflow_worker_name: str = setting("AIRFLOW_WORKER_NAME")
+    airflow_celery_redis_db: int = setting("AIRFLOW_CELERY_REDIS_DB", integer)
 
     kafka_host: str = setting("KAFKA_HOST")
     kafka_port: int = setting("KAFKA_PORT", port)
@@ -171,10 +184,12 @@ class Settings:
     landing_dir: Path = setting("LANDING_DIR", optional_folder)
     ingest_max_invalid_share: float = setting("INGEST_MAX_INVALID_SHARE", share)
     materialize_overlap_minutes: int = setting("MATERIALIZE_OVERLAP_MINUTES", integer)
+    materialization_shards: int = setting("MATERIALIZATION_SHARDS", positive)
     driver_stats_topic: str = setting("DRIVER_STATS_TOPIC")
     driver_stats_dlq_topic: str = setting("DRIVER_STATS_DLQ_TOPIC")
     stream_consumer_host: str = setting("STREAM_CONSUMER_HOST")
     stream_consumer_port: int = setting("STREAM_CONSUMER_PORT", port)
+    stream_consumers: int = setting("STREAM_CONSUMERS", positive)
 
     monitoring_service_host: str = setting("MONITORING_SERVICE_HOST")
     monitoring_service_port: int = setting("MONITORING_SERVICE_PORT", port)
@@ -202,6 +217,7 @@ class Settings:
     model_alias: str = setting("MODEL_ALIAS")
     serving_host: str = setting("SERVING_HOST")
     serving_port: int = setting("SERVING_PORT", port)
+    serving_replicas: int = setting("SERVING_REPLICAS", positive)
     serving_workers: int = setting("SERVING_WORKERS", workers)
     serving_max_drivers: int = setting("SERVING_MAX_DRIVERS", integer)
     model_refresh_seconds: float = setting("MODEL_REFRESH_SECONDS", number)
@@ -258,6 +274,12 @@ class Settings:
     @property
     def airflow_url(self) -> str:
         return f"http://{self.airflow_host}:{self.airflow_port}"
+
+    @property
+    def airflow_celery_broker_url(self) -> str:
+        """Celery's broker: the platform's Redis, in a database of its own (Feast's online store is in 0)."""
+        return (f"redis://:{quote(self.redis_password, safe='')}@{self.redis_host}:{self.redis_port}/"
+                f"{self.airflow_celery_redis_db}")
 
     @property
     def kafka_bootstrap_servers(self) -> str:
@@ -358,6 +380,9 @@ def _apply_rules(values: dict[str, Any]) -> dict[str, Any]:
     serving_auth = auth == "on" or (auth == "auto" and values["mode"] == "docker")
     if serving_auth and not token:
         raise SettingsError("SERVING_AUTH is on but SERVING_API_TOKEN is empty: run `bash run.sh setup` or set it")
+    if not 1 <= values["airflow_celery_redis_db"] <= 15:
+        raise SettingsError(f"AIRFLOW_CELERY_REDIS_DB must be a Redis database in 1..15 (0 holds Feast's online "
+                            f"store), got {values['airflow_celery_redis_db']}")
     home = values["home"]
     return {**values, "serving_auth": serving_auth, "serving_api_token": token if serving_auth else "",
             "landing_dir": values["landing_dir"] or home / "landing",

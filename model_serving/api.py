@@ -126,7 +126,8 @@ def main() -> int:
 
     settings = get_settings()
     # Before any metric exists in this process or in the workers it spawns (they inherit the variable).
-    prepare_multiprocess_dir(settings.home / "serving-metrics")
+    # One folder per port: replicas of the API (mlops_platform.instances) share PLATFORM_HOME, not their metrics.
+    prepare_multiprocess_dir(settings.home / "serving-metrics" / str(settings.serving_port))
     configure_logging(SERVICE, settings.log_level)
     log.info("starting uvicorn", extra={"address": f"{settings.listen_address}:{settings.serving_port}",
                                         "workers": settings.serving_workers})

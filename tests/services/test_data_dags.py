@@ -39,6 +39,22 @@ def counts_by_source(table: str) -> dict[str, int]:
         return dict(cur.fetchall())
 
 
+def shard_tasks(settings, logical_date: str) -> list[tuple[int, str]]:
+    """(map index, state) of each materialize_shard task of the DAG run at `logical_date`, from Airflow's database."""
+    import psycopg2
+
+    conn = psycopg2.connect(settings.postgres_dsn(settings.airflow_db))
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "select ti.map_index, ti.state from task_instance ti join dag_run dr "
+                "on dr.dag_id = ti.dag_id and dr.run_id = ti.run_id where dr.dag_id = 'feature_materialization' "
+                "and dr.logical_date = %s and ti.task_id = 'materialize_shard' order by ti.map_index", (logical_date,))
+            return [(int(index), str(state)) for index, state in cur.fetchall()]
+    finally:
+        conn.close()
+
+
 def test_ingestion_dag_loads_exactly_its_interval_and_quarantines_bad_rows(settings, landed):
     airflow_dags_test(settings, "data_ingestion", RUN_DATE)
 
@@ -61,7 +77,9 @@ def test_ingestion_dag_loads_exactly_its_interval_and_quarantines_bad_rows(setti
 
 def test_materialization_dag_puts_the_latest_loaded_row_of_each_driver_online(settings, landed):
     airflow_dags_test(settings, "data_ingestion", RUN_DATE)
-    airflow_dags_test(settings, "feature_materialization", "2025-02-10T00:00:00+00:00", {"lookback_hours": 24})
+    airflow_dags_test(settings, "feature_materialization", "2025-02-10T00:00:00+00:00", {"lookback_hours": 24},
+                      env={"MATERIALIZATION_SHARDS": "3"})
+    assert shard_tasks(settings, "2025-02-10T00:00:00+00:00") == [(0, "success"), (1, "success"), (2, "success")]
 
     with connect() as conn, conn.cursor() as cur:
         cur.execute(

@@ -99,6 +99,11 @@ def test_a_landed_batch_loads_the_valid_rows_quarantines_the_rest_and_reruns_add
     assert [r.status for r in batch.reports] == ["loaded"] * 6
     assert_same_rows(query(store, STATS_SQL), without_corrupted(stats, planted[STATS]))
     assert_same_rows(query(store, ORDERS_SQL), without_corrupted(orders, planted[ORDERS]))
+    # The planner's statistics already know the load (a join planned on the truncated table's would not).
+    estimates = query(store, "select relname, reltuples from pg_class where relname in ('driver_hourly_stats', "
+                             "'orders')").set_index("relname")["reltuples"]
+    assert estimates.to_dict() == {"driver_hourly_stats": len(query(store, STATS_SQL)),
+                                   "orders": len(query(store, ORDERS_SQL))}
 
     quarantined = query(store, "select dataset, source, row_number, raw, reason from quarantine")
     assert {(d, s, n) for d, s, n in quarantined[["dataset", "source", "row_number"]].itertuples(index=False)} == {

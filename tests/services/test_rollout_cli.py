@@ -12,6 +12,7 @@ import pytest
 
 from mlops_platform import model_registry, rollout_store
 from mlops_platform.postgres import connect
+from mlops_platform.settings import get_settings
 from tests.conftest import airflow_dags_test, run_sh
 from training_pipeline import tracking
 
@@ -50,6 +51,15 @@ def rollout(model, *args: str, check: bool = True):
 
 
 def status(model) -> dict:
+    """`status --json` as the command computes it, in this process: each run.sh call costs a Python start-up,
+    and the tests below check the command line's own output where it matters (first status, every action)."""
+    from mlops_platform import rollout_cli
+
+    args = rollout_cli.parse(["--json", "--model", model["name"], "status"])
+    return json.loads(json.dumps(rollout_cli.run(args, get_settings()), default=str))
+
+
+def status_through_run_sh(model) -> dict:
     return json.loads(rollout(model, "status", "--json").stdout)
 
 
@@ -64,7 +74,7 @@ def model_registry_aliases(client, name: str) -> dict:
 
 def test_start_status_promote_and_rollback_through_run_sh(model, settings):
     v1, v2, _ = model["versions"]
-    before = status(model)
+    before = status_through_run_sh(model)
     assert before["mode"] == "champion" and before["rollout"] is None
     assert before["aliases"] == {"champion": v1, "challenger": v2, "previous_champion": None}
 

@@ -28,6 +28,7 @@ def copy_rows(frame: pd.DataFrame, table: str, columns: tuple[str, ...]) -> None
     buffer.seek(0)
     with connect() as conn, conn.cursor() as cur:
         cur.copy_expert(f"COPY {table} ({', '.join(columns)}, source) FROM STDIN WITH (FORMAT csv)", buffer)
+        cur.execute(f"ANALYZE {table}")  # as ingestion does: a join planned on stale statistics can take minutes
 
 
 def load_generated(first_id: int, drivers: int, days: int, end: str, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:

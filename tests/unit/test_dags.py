@@ -21,7 +21,19 @@ def test_ingestion_is_daily_and_retries_and_feeds_materialization(dagbag):
     materialization = dagbag.dags["feature_materialization"]
     assert [o.uri for o in stats.outlets] == ["postgres://postgres:5432/feast/public/driver_hourly_stats"]
     assert "driver_hourly_stats" in str(materialization.timetable.asset_condition)
-    assert materialization.get_task("materialize").upstream_task_ids == {"apply_feature_repo"}
+    assert materialization.get_task("plan_shards").upstream_task_ids == {"apply_feature_repo"}
+
+
+def test_materialization_maps_one_task_over_the_shards_and_records_only_after_all_of_them(dagbag):
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+
+    materialization = dagbag.dags["feature_materialization"]
+    shard = materialization.get_task("materialize_shard")
+    assert isinstance(shard, MappedOperator) and shard.upstream_task_ids == {"plan_shards"}
+    record = materialization.get_task("record_materialization")
+    assert record.upstream_task_ids == {"plan_shards", "materialize_shard", "materialize_penguins"}
+    assert record.trigger_rule == "all_success" and not record.downstream_task_ids
+    assert all(t.retries >= 1 for t in materialization.tasks)
 
 
 def test_batch_serving_is_daily_by_data_interval_and_retries(dagbag):

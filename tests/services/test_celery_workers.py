@@ -1,0 +1,116 @@
+"""Airflow on Celery with two workers: the training DAG's mapped folds run on both, and a worker killed while
+running some of them costs a retry of those on the other worker, not the run.
+
+The module switches the session's platform to CeleryExecutor with `bash run.sh airflow up --workers 2` (which
+restarts the scheduler and starts two supervised workers) and returns it to LocalExecutor with `--workers 0`
+afterwards. The scheduler gives up on a task whose worker stopped heartbeating after
+TASK_INSTANCE_HEARTBEAT_TIMEOUT seconds here (Airflow's default is 300). Rows: drivers 8,600,001.., labels
+in the two weeks before 2022-10-01, a model name of the module's own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+
+import pytest
+
+from mlops_platform import supervisor
+from mlops_platform.airflow_client import AirflowClient
+from mlops_platform.local import main_pid
+from tests.conftest import eventually, run_sh
+from tests.services.training_data import load_generated, window
+
+pytestmark = pytest.mark.slow  # switches the scheduler's executor twice and runs the training DAG: minutes
+
+DAG = "training"
+WORKERS = ("airflow-worker", "airflow-worker-2")
+TASK_INSTANCE_HEARTBEAT_TIMEOUT = "20"
+HEARTBEAT_VARIABLE = "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT"
+FOLDS = 4
+
+
+def scheduler_variable(settings, name: str) -> str | None:
+    """A variable of the environment the supervised scheduler was started with (None: not running)."""
+    if main_pid(settings, "airflow-scheduler") is None:
+        return None
+    spec = json.loads(supervisor.launch_file(settings, "airflow-scheduler").read_text())
+    return spec["env"].get(name)
+
+
+@pytest.fixture(scope="module")
+def celery_airflow(offline_store, mlflow_up, settings):
+    """The platform's Airflow on CeleryExecutor with two workers; LocalExecutor again afterwards."""
+    env = {HEARTBEAT_VARIABLE: TASK_INSTANCE_HEARTBEAT_TIMEOUT}
+    if scheduler_variable(settings, "AIRFLOW_EXECUTOR") == "CeleryExecutor" and \
+            scheduler_variable(settings, HEARTBEAT_VARIABLE) != TASK_INSTANCE_HEARTBEAT_TIMEOUT:
+        run_sh("airflow", "up", "--workers", "0", env=env)  # a scheduler of an earlier run, without the timeout
+    before = scheduler_variable(settings, "AIRFLOW_EXECUTOR")
+    began = time.monotonic()
+    result = run_sh("airflow", "up", "--workers", "2", env=env)
+    print(f"airflow up --workers 2 (executor was {before}): {time.monotonic() - began:.0f}s")
+    if before == "LocalExecutor":
+        assert "executor LocalExecutor -> CeleryExecutor, restarting airflow-scheduler" in result.stdout
+    assert scheduler_variable(settings, "AIRFLOW_EXECUTOR") == "CeleryExecutor"
+    assert scheduler_variable(settings, HEARTBEAT_VARIABLE) == TASK_INSTANCE_HEARTBEAT_TIMEOUT
+    assert all(main_pid(settings, name) for name in WORKERS), result.stdout
+    yield AirflowClient.from_settings(settings)
+    run_sh("airflow", "up", "--workers", "0", env=env)
+    assert scheduler_variable(settings, "AIRFLOW_EXECUTOR") == "LocalExecutor"
+    assert not any(main_pid(settings, name) for name in WORKERS)
+
+
+@pytest.fixture(scope="module")
+def training_conf(offline_store):
+    load_generated(8_600_001, drivers=40, days=14, end="2022-10-01", seed=47)
+    return {**window("2022-10-01", 14), "folds": FOLDS, "min_rows": 300,
+            "model_name": f"test_celery_{uuid.uuid4().hex[:8]}"}
+
+
+def task_instances(client: AirflowClient, run_id: str) -> list[dict]:
+    return client.request("GET", f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances?limit=100")["task_instances"]
+
+
+def tries(client: AirflowClient, run_id: str, ti: dict) -> list[dict]:
+    mapped = f"/{ti['map_index']}" if ti["map_index"] >= 0 else ""
+    path = f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/{ti['task_id']}{mapped}/tries"
+    return sorted(client.request("GET", path)["task_instances"], key=lambda t: t["try_number"])
+
+
+def wall_seconds(client: AirflowClient, run_id: str) -> float:
+    from datetime import datetime
+
+    run = client.request("GET", f"/api/v2/dags/{DAG}/dagRuns/{run_id}")
+    return (datetime.fromisoformat(run["end_date"]) - datetime.fromisoformat(run["start_date"])).total_seconds()
+
+
+def test_folds_run_on_both_workers_and_a_killed_workers_task_is_retried_on_the_other(celery_airflow, training_conf,
+                                                                                       settings):
+    client = celery_airflow
+    run_id = client.trigger(DAG, training_conf, note="test_celery_workers")
+
+    def folds_running_on_both_workers():
+        running = [ti for ti in task_instances(client, run_id)
+                   if ti["state"] == "running" and ti["task_id"] == "cross_validate_fold"]
+        return running if {ti["hostname"] for ti in running} == set(WORKERS) else None
+
+    running = eventually(folds_running_on_both_workers, timeout=300, interval=0.5,
+                         what=f"mapped folds of the run running on both {WORKERS}")
+    victims = [ti for ti in running if ti["hostname"] == WORKERS[1]]
+    os.kill(main_pid(settings, WORKERS[1]), signal.SIGKILL)
+    # The worker's machine is gone for good: scaled down, so supervision does not bring it back.
+    run_sh("airflow", "up", "--workers", "1")
+    assert main_pid(settings, WORKERS[1]) is None
+
+    assert client.wait(DAG, run_id, timeout=600) == "success"
+    folds = [ti for ti in task_instances(client, run_id) if ti["task_id"] == "cross_validate_fold"]
+    assert sorted(ti["map_index"] for ti in folds) == list(range(FOLDS))
+    assert all(ti["state"] == "success" for ti in folds)
+    for victim in victims:
+        history = tries(client, run_id, victim)
+        assert history[0]["hostname"] == WORKERS[1] and history[0]["state"] == "failed", history
+        assert history[-1]["hostname"] == WORKERS[0] and history[-1]["state"] == "success", history
+    print(f"training DAG, {len(victims)} fold(s) lost with a worker and retried: {wall_seconds(client, run_id):.0f}s")
