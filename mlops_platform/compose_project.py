@@ -82,6 +82,7 @@ class ComposeService:
     one_shot: bool
     volumes: tuple[str, ...]
     published: bool
+    replicas: int | None = None  # `deploy.replicas` as configured (None: compose's default, one)
 
     @property
     def stack(self) -> str:
@@ -101,6 +102,7 @@ def load_project(config: dict) -> dict[str, ComposeService]:
             one_shot=spec.get("restart") == "no",
             volumes=tuple(v["source"] for v in spec.get("volumes", []) if v.get("type") == "volume"),
             published=bool(spec.get("ports")),
+            replicas=(spec.get("deploy") or {}).get("replicas"),
         )
     return services
 

@@ -69,7 +69,9 @@ def build(services: dict[str, ComposeService], stack: str, profiles: list[str]) 
 
 def up(stack: str, profiles: list[str]) -> None:
     services = load_project(project_config())
-    runnable = build(services, stack, profiles)
+    # A service configured with 0 replicas (airflow-worker under LocalExecutor) stays at 0: naming it in
+    # `compose up` would start one.
+    runnable = [n for n in build(services, stack, profiles) if services[n].replicas != 0]
     long_running = [n for n in runnable if not services[n].one_shot]
     one_shots = [n for n in runnable if services[n].one_shot]
     # `--wait` treats a one-shot that nothing waits for as a failure: wait for the long-running

@@ -169,3 +169,15 @@ def test_setup_for_docker_as_a_normal_user_prints_the_commands_instead_of_runnin
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "sudo apt-get install -y docker.io" in result.stderr, result.stderr
+
+
+def test_a_service_configured_with_no_replicas_is_known_as_such():
+    """`up` leaves such a service at 0 (naming it to `compose up` would start one): the count must be read."""
+    config = {"services": {
+        "airflow-worker": {"profiles": ["airflow"], "image": "w", "deploy": {"replicas": 0}},
+        "serving": {"profiles": ["serving"], "image": "s", "deploy": {"replicas": 2}},
+        "redis": {"profiles": ["feast"], "image": "r"},
+    }}
+    services = compose_project.load_project(config)
+    assert {name: svc.replicas for name, svc in services.items()} == {"airflow-worker": 0, "serving": 2,
+                                                                     "redis": None}
