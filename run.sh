@@ -398,8 +398,11 @@ cmd_deploy() {
     stack_docker all build
     compose --profile feast run --rm feast-init
     # Recreated from the new image, the Airflow containers read the new DAGs.
+    # The Celery workers only when there are any: naming a service with 0 replicas would start one.
+    local workers=()
+    [[ "$(env_value AIRFLOW_WORKERS 0)" == 0 ]] || workers=(airflow-worker)
     compose --profile airflow up -d --wait airflow-api-server airflow-scheduler airflow-dag-processor airflow-triggerer \
-      airflow-worker
+      "${workers[@]}"
     compose --profile monitoring exec -T prometheus wget -q -O- --post-data= http://127.0.0.1:9090/-/reload
     compose --profile serving up -d --no-deps --wait serving prediction-logger
   else

@@ -109,7 +109,7 @@ def materialize(airflow, settings: Settings) -> bool:
     run_id = run_dag(airflow, settings, "feature_materialization", timeout=600, conf={"lookback_hours": 72})
     if run_id is None:
         return False
-    report = airflow.xcom("feature_materialization", run_id, "materialize")
+    report = airflow.xcom("feature_materialization", run_id, "record_materialization")
     done(started, f"run {run_id}: {report['rows_written']:,} drivers and {report['penguin_rows_read']} penguins "
                   "written online")
     return True

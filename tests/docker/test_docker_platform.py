@@ -75,8 +75,10 @@ def test_status_shows_each_service_with_its_health_and_url(docker_platform):
     lines = result.stdout.splitlines()
     header = next(line for line in lines if line.startswith("SERVICE"))
     assert header.split() == ["SERVICE", "STACK", "STATE", "HEALTH", "URL"]
+    # The API's replicas publish no port: HAProxy in front of them (serving-lb) holds SERVING_PORT.
     serving = next(line for line in lines if line.startswith("serving "))
-    assert "healthy" in serving and host_url("SERVING_PORT") in serving
+    balancer = next(line for line in lines if line.startswith("serving-lb "))
+    assert "healthy" in serving and "healthy" in balancer and host_url("SERVING_PORT") in balancer
     assert any(line.startswith("grafana ") for line in lines)
 
 
