@@ -3,7 +3,7 @@
 Clients keep one URL (SERVING_PORT) however many replicas run. HAProxy checks each replica's `/health`
 every CHECK_INTERVAL, takes a replica out after FALL failed checks (or at once, on the first refused
 connection of real traffic: `observe layer4`) and puts it back after RISE good ones. A request whose
-connection to a replica fails is sent again to another replica (`retry-on conn-failure` with
+connection to a replica fails is sent again to another replica (`retry-on conn-failure empty-response` with
 `option redispatch`), so a dead replica costs only the requests it was answering when it died.
 Every answer names its replica in `X-Served-By`.
 
@@ -48,10 +48,11 @@ def _global(stats_socket: str) -> list[str]:
         "    timeout queue 10s",
         "    timeout http-keep-alive 10s",
         f"    retries {RETRIES}",
-        # Every retry may pick another replica; only failed connections are retried (a request a replica
-        # received may have had its effect, and is not sent twice).
+        # Every retry may pick another replica. Retried: a failed connection, and a request a replica closed
+        # without a byte of answer (it died with the request on a kept-alive connection; an answer started
+        # is never sent twice).
         "    option redispatch 1",
-        "    retry-on conn-failure",
+        "    retry-on conn-failure empty-response",
         "",
     ]
 

@@ -27,7 +27,7 @@ def test_local_config_lists_each_replica_with_a_fast_health_check_and_retries(ma
     assert "server serving 127.0.0.1:27900 check" in lines
     assert "server serving-2 127.0.0.1:28000 check" in lines
     assert "option httpchk GET /health" in lines
-    assert "retry-on conn-failure" in lines and "option redispatch 1" in lines
+    assert "retry-on conn-failure empty-response" in lines and "option redispatch 1" in lines
     assert "http-response set-header X-Served-By %[srv_name]" in lines
     assert f"stats socket {haproxy.stats_socket(settings)} mode 600 level admin" in lines
 
