@@ -204,6 +204,18 @@ def stack_up(stack: str) -> subprocess.CompletedProcess:
     return result
 
 
+def scaled_up(settings, stack: str, flag: str, service: str, count: int):
+    """`bash run.sh <stack> up <flag> <count>`, yielding the service's instances; afterwards a plain `up`
+    returns the stack to its configured count. For module fixtures: `yield from scaled_up(...)`."""
+    from mlops_platform.instances import instance
+    from mlops_platform.services import BY_NAME
+
+    run_sh(stack, "up", flag, str(count))
+    _started.add(stack)
+    yield [instance(BY_NAME[service], settings, i) for i in range(1, count + 1)]
+    run_sh(stack, "up")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _stop_platform_at_session_end():
     yield

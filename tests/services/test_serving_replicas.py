@@ -21,9 +21,7 @@ import httpx
 import pytest
 
 from mlops_platform import haproxy, local, process_tree
-from mlops_platform.instances import instance
-from mlops_platform.services import BY_NAME
-from tests.conftest import _started, eventually, run_sh
+from tests.conftest import eventually, scaled_up
 
 REPLICAS = 2
 RATE = 100.0  # requests per second
@@ -83,10 +81,7 @@ class HealthTraffic:
 @pytest.fixture(scope="module")
 def replicas(kafka_up, settings):
     """Two API replicas behind HAProxy; afterwards the serving stack is back to the one replica of `up`."""
-    run_sh("serving", "up", "--replicas", str(REPLICAS))
-    _started.add("serving")
-    yield [instance(BY_NAME["serving"], settings, i) for i in range(1, REPLICAS + 1)]
-    run_sh("serving", "up")
+    yield from scaled_up(settings, "serving", "--replicas", "serving", REPLICAS)
 
 
 def states(settings) -> dict[str, str]:

@@ -19,9 +19,8 @@ import pytest
 from data_pipeline.stream_topics import STATS_PARTITIONS
 from mlops_platform import local
 from mlops_platform.health import scrape_metrics
-from mlops_platform.instances import instance
-from mlops_platform.services import BY_NAME, log_file
-from tests.conftest import _started, eventually, run_sh
+from mlops_platform.services import log_file
+from tests.conftest import eventually, scaled_up
 from tests.services.driver_stats_stream import Stream, offline_rows, wait_until_stored
 
 CONSUMERS = 2
@@ -31,10 +30,7 @@ LAG = "driver_stats_consumer_lag"
 @pytest.fixture(scope="module")
 def group(kafka_up, settings):
     """Two stream consumers; afterwards the kafka stack is back to the one `kafka up` runs."""
-    run_sh("kafka", "up", "--consumers", str(CONSUMERS))
-    _started.add("kafka")
-    yield [instance(BY_NAME["stream-consumer"], settings, i) for i in range(1, CONSUMERS + 1)]
-    run_sh("kafka", "up")
+    yield from scaled_up(settings, "kafka", "--consumers", "stream-consumer", CONSUMERS)
 
 
 @pytest.fixture(scope="module")
