@@ -46,19 +46,31 @@ PROBE_DRIVERS = 50
 
 
 # ---- the consumer's metrics -------------------------------------------------------------------
+def consumer_metric_urls(settings: Settings) -> list[str]:
+    """The /metrics URL of every running consumer of the group (`kafka up --consumers N`; local mode)."""
+    from mlops_platform import instances
+    from mlops_platform.local import main_pid
+    from mlops_platform.services import BY_NAME
+
+    members = instances.every(BY_NAME["stream-consumer"], settings)
+    return [member.url(settings) for member in members if main_pid(settings, member.name)]
+
+
 def scrape(settings: Settings) -> dict[str, Any]:
-    """Cumulative freshness buckets and the consumed counter, from the consumer's /metrics."""
+    """Cumulative freshness buckets and the consumed counter, summed over the group's consumers."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    body = urllib.request.urlopen(f"{settings.stream_consumer_url}/metrics", timeout=5).read().decode()
     buckets: dict[float, float] = {}
     consumed = 0.0
-    for family in text_string_to_metric_families(body):
-        for sample in family.samples:
-            if sample.name == FRESHNESS + "_bucket":
-                buckets[float(sample.labels["le"])] = sample.value
-            elif sample.name == CONSUMED:
-                consumed = sample.value
+    for url in consumer_metric_urls(settings):
+        body = urllib.request.urlopen(url, timeout=5).read().decode()
+        for family in text_string_to_metric_families(body):
+            for sample in family.samples:
+                if sample.name == FRESHNESS + "_bucket":
+                    bound = float(sample.labels["le"])
+                    buckets[bound] = buckets.get(bound, 0.0) + sample.value
+                elif sample.name == CONSUMED:
+                    consumed += sample.value
     return {"buckets": buckets, "consumed": consumed}
 
 
@@ -294,7 +306,7 @@ def table_rows(args: argparse.Namespace, results: Results) -> list[tuple[str, st
          f"{best.rate:,.0f}/s" if best else "below the sustained run", cores),
         ("max sustained rate with freshness p99 < 1 s", "-",
          f"{best_in_goal.rate:,.0f}/s" if best_in_goal else "below the sustained run", cores),
-        (f"consumer alone, draining a {results.backlog:,} backlog", "-", f"{results.drained_per_s:,.0f}/s", cores),
+        (f"consumers alone, draining a {results.backlog:,} backlog", "-", f"{results.drained_per_s:,.0f}/s", cores),
         ("machine load average (1 min), start -> end", "-", results.load, cores),
     ]
     if tried and not tried[-1].sustained:
@@ -332,7 +344,9 @@ def main() -> int:
 
     results = Results(main_step, best, best_in_goal, tried, drained_per_s, backlog,
                       f"{load_before:.1f} -> {os.getloadavg()[0]:.1f}")
-    print_table(f"Stream consumer: {args.rate:,.0f} events/s for {args.duration:.0f} s, {args.drivers} drivers",
+    consumers = len(consumer_metric_urls(settings))
+    print_table(f"Stream consumer group of {consumers}: {args.rate:,.0f} events/s for {args.duration:.0f} s, "
+                f"{args.drivers} drivers",
                 ("what", "target", "measured", "cores"), table_rows(args, results))
     if args.json:
         print(figures_json(args, results))

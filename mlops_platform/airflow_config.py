@@ -54,6 +54,11 @@ def celery_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__CELERY__BROKER_URL": settings.airflow_celery_broker_url,
         "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{settings.postgres_url(settings.airflow_db)}",
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(settings.airflow_worker_concurrency),
+        # A worker that dies takes the tasks it had received but not started: they stay queued (unacked in
+        # Redis) until the scheduler takes them back after this timeout and queues them again.
+        "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": str(settings.airflow_task_queued_timeout_seconds),
+        "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL":
+            str(max(5, settings.airflow_task_queued_timeout_seconds // 6)),
     }
     if settings.airflow_worker_name:
         # Tasks record the worker's name as their host: several workers on one machine stay apart.
@@ -61,11 +66,19 @@ def celery_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def airflow_component_command(settings: Settings, *component: str) -> list[str]:
+    """`airflow <component>`. The scheduler (its LocalExecutor) and the Celery workers fork the tasks, so with
+    AIRFLOW_PRELOAD on they import the tasks' modules first (mlops_platform.airflow_preload)."""
+    forks_tasks = component[0] in ("scheduler", "celery")
+    runner = "mlops_platform.airflow_preload" if forks_tasks and settings.airflow_preload == "on" else "airflow"
+    return [sys.executable, "-m", runner, *component]
+
+
 def airflow_worker_command(settings: Settings) -> list[str]:
     """`airflow celery worker`, named AIRFLOW_WORKER_NAME when set. Task logs are on the disk (or volume) every
     Airflow component shares, so the worker serves none over HTTP."""
     name = ["--celery-hostname", settings.airflow_worker_name] if settings.airflow_worker_name else []
-    return [sys.executable, "-m", "airflow", "celery", "worker", "--skip-serve-logs", *name]
+    return airflow_component_command(settings, "celery", "worker", "--skip-serve-logs", *name)
 
 
 def worker_refusal(settings: Settings) -> str:

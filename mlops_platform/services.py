@@ -24,6 +24,7 @@ from pathlib import Path
 
 from mlops_platform import mlflow_server
 from mlops_platform.airflow_config import (
+    airflow_component_command,
     airflow_env,
     airflow_home,
     airflow_worker_command,
@@ -220,8 +221,7 @@ def python_command(name: str, settings: Settings) -> Command:
     if name == "airflow-worker":
         return Command(airflow_worker_command(settings), airflow_env(settings))
     if name.startswith("airflow-"):
-        component = name.removeprefix("airflow-")
-        return Command([py, "-m", "airflow", component], airflow_env(settings))
+        return Command(airflow_component_command(settings, name.removeprefix("airflow-")), airflow_env(settings))
     if name == "serving":
         return Command([py, "-m", "model_serving.api"], {"PYTHONPATH": str(REPO_ROOT)})
     if name == "prediction-logger":

@@ -175,6 +175,8 @@ class Settings:
     airflow_worker_concurrency: int = setting("AIRFLOW_WORKER_CONCURRENCY", positive)
     airflow_worker_name: str = setting("AIRFLOW_WORKER_NAME")
     airflow_celery_redis_db: int = setting("AIRFLOW_CELERY_REDIS_DB", integer)
+    airflow_task_queued_timeout_seconds: int = setting("AIRFLOW_TASK_QUEUED_TIMEOUT_SECONDS", positive)
+    airflow_preload: str = setting("AIRFLOW_PRELOAD", one_of("on", "off"))
 
     kafka_host: str = setting("KAFKA_HOST")
     kafka_port: int = setting("KAFKA_PORT", port)

@@ -39,6 +39,13 @@ def test_celery_uses_a_redis_database_of_its_own_and_airflows_database_for_resul
     assert env["AIRFLOW__CELERY__WORKER_CONCURRENCY"] == "3"
 
 
+def test_tasks_a_dead_worker_had_received_are_queued_again_after_the_platforms_timeout():
+    env = airflow_env(build_settings(**CELERY, AIRFLOW_TASK_QUEUED_TIMEOUT_SECONDS="90"))
+    assert env["AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT"] == "90"
+    assert env["AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL"] == "15"
+    assert "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT" not in airflow_env(build_settings())
+
+
 @pytest.mark.parametrize("database", ["0", "16", "-1"])
 def test_the_broker_never_shares_feasts_redis_database(database):
     with pytest.raises(SettingsError, match="AIRFLOW_CELERY_REDIS_DB must be a Redis database in 1..15"):
@@ -48,8 +55,8 @@ def test_the_broker_never_shares_feasts_redis_database(database):
 def test_a_named_worker_reports_its_name_as_the_host_of_its_tasks():
     settings = build_settings(**CELERY, AIRFLOW_WORKER_NAME="airflow-worker-2")
     argv = airflow_worker_command(settings)
-    assert argv[1:] == ["-m", "airflow", "celery", "worker", "--skip-serve-logs", "--celery-hostname",
-                        "airflow-worker-2"]
+    assert argv[1:] == ["-m", "mlops_platform.airflow_preload", "celery", "worker", "--skip-serve-logs",
+                        "--celery-hostname", "airflow-worker-2"]
     assert airflow_env(settings)["AIRFLOW__CORE__HOSTNAME_CALLABLE"] == "mlops_platform.airflow_worker.hostname"
     assert python_command("airflow-worker", settings).argv == argv
 
