@@ -22,6 +22,7 @@ from __future__ import annotations
 import gc
 import importlib
 import json
+import runpy
 import sys
 import threading
 import time
@@ -86,10 +87,9 @@ def main(argv: Sequence[str]) -> None:
                       "service": f"airflow {' '.join(argv[:2])}", "logger": __name__,
                       "message": f"preloaded {len(PRELOADED)} modules for the tasks", "seconds": round(seconds, 2)}),
           file=sys.stderr, flush=True)
-    from airflow.__main__ import main as airflow_main
-
+    # What `python -m airflow <argv>` does, in this process, which now holds the preloaded modules.
     sys.argv = ["airflow", *argv]
-    airflow_main()
+    runpy.run_module("airflow", run_name="__main__", alter_sys=True)
 
 
 if __name__ == "__main__":

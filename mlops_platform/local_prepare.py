@@ -7,17 +7,22 @@ idempotent: `up` runs it before every start (PREPARE) or once the server answers
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+from pathlib import Path
 
+from mlops_platform import instances
 from mlops_platform.errors import PlatformError
-from mlops_platform.local import say
+from mlops_platform.local import main_pid, say
 from mlops_platform.postgres import open_connection
 from mlops_platform.services import (
+    BY_NAME,
     PROMETHEUS_CONFIG,
+    Service,
     data_dir,
     java_command,
     kafka_cluster_id,
@@ -147,19 +152,48 @@ def render_prometheus_config(settings: Settings) -> str:
     local_targets = {
         "prometheus:9090": f"127.0.0.1:{settings.prometheus_port}",
         "mlflow:5000": f"127.0.0.1:{settings.mlflow_port}",
-        "serving:8000": f"127.0.0.1:{settings.serving_port}",
-        "stream-consumer:9108": f"127.0.0.1:{settings.stream_consumer_port}",
         "prediction-logger:9109": f"127.0.0.1:{settings.prediction_logger_port}",
         "monitoring-service:9110": f"127.0.0.1:{settings.monitoring_service_port}",
     }
     text = drop_docker_only_blocks(PROMETHEUS_CONFIG.read_text())
+    text = REPLICATED_TARGETS.sub(lambda m: f'{m["indent"]}file_sd_configs:\n'
+                                            f'{m["indent"]}  - files: ["{TARGETS_DIR}/{m["name"]}.json"]\n', text)
     return re.sub(r"\b[a-z][a-z0-9-]*:\d+\b", lambda m: local_targets.get(m.group(0), m.group(0)), text)
+
+
+# A scrape job that finds a replicated compose service through Docker's DNS (one target per replica).
+REPLICATED_TARGETS = re.compile(r'(?P<indent> *)dns_sd_configs:\n *- names: \["(?P<name>[a-z-]+)"\]\n *type: A\n'
+                                r' *port: \d+\n')
+
+
+TARGETS_DIR = "targets"  # next to the rendered prometheus.yml
+
+
+def scrape_targets_file(settings: Settings, name: str) -> Path:
+    return settings.home / "prometheus" / TARGETS_DIR / f"{name}.json"
+
+
+def write_scrape_targets(settings: Settings, service: Service, members: list[Service] | None = None) -> None:
+    """The service's instances (those `up` runs unless `members` says), as Prometheus file_sd targets: one
+    per replica, since each has its own counters. Prometheus watches the file: a new count needs no restart."""
+    path = scrape_targets_file(settings, service.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    targets = [f"127.0.0.1:{one.port(settings)}" for one in members or instances.planned(service, settings)]
+    text = json.dumps([{"targets": targets}], indent=1) + "\n"
+    if not path.exists() or path.read_text() != text:
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(text)
+        temporary.replace(path)  # Prometheus never reads half a file
 
 
 def prepare_prometheus(settings: Settings) -> None:
     target = settings.home / "prometheus" / "prometheus.yml"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(render_prometheus_config(settings))
+    for match in REPLICATED_TARGETS.finditer(PROMETHEUS_CONFIG.read_text()):
+        service = BY_NAME[match["name"]]
+        running = [one for one in instances.every(service, settings) if main_pid(settings, one.name)]
+        write_scrape_targets(settings, service, running or instances.planned(service, settings))
     rules = PROMETHEUS_CONFIG.parent / "rules"
     if rules.is_dir():
         shutil.copytree(rules, target.parent / "rules", dirs_exist_ok=True)

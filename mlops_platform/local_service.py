@@ -27,7 +27,14 @@ from mlops_platform.local import (
     unsupervised_processes,
     wait_until,
 )
-from mlops_platform.local_prepare import AFTER_START, PREPARE, drop_database, postgres_server_answers
+from mlops_platform.local_prepare import (
+    AFTER_START,
+    PREPARE,
+    drop_database,
+    postgres_server_answers,
+    scrape_targets_file,
+    write_scrape_targets,
+)
 from mlops_platform.services import (
     BY_NAME,
     Service,
@@ -139,6 +146,8 @@ def _start_scaled(service: Service, settings: Settings) -> None:
         start(front, settings)
     for extra in instances.surplus(service, settings):
         stop(extra, settings)
+    if scrape_targets_file(settings, service.name).exists():  # Prometheus scrapes each instance
+        write_scrape_targets(settings, service)
 
 
 def _haproxy_config(settings: Settings, running_pid: int | None) -> None:

@@ -143,6 +143,18 @@ def test_airflow_login_then_the_dag_list_in_a_real_browser(docker_platform):
     print(f"screenshots: {shot.parent}")
 
 
+def test_prometheus_finds_each_replica_of_the_scaled_services_through_dockers_dns(docker_platform):
+    def replicated_jobs_up():
+        _, body = get_json(host_url("PROMETHEUS_PORT", "/api/v1/targets"))
+        health: dict[str, list[str]] = {}
+        for target in body["data"]["activeTargets"]:
+            health.setdefault(target["labels"]["job"], []).append(target["health"])
+        jobs = ("serving", "stream-consumer")
+        return all(health.get(job) and set(health[job]) == {"up"} for job in jobs) and health
+
+    eventually(replicated_jobs_up, timeout=120, interval=5, what="the serving and stream-consumer targets up")
+
+
 def test_drifted_scenario_puts_the_drift_alert_pending_in_the_containerised_prometheus(docker_platform):
     docker_sh("scenario", "--drifted", "--requests", "300", "--rate", "30", timeout=900)
 

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from mlops_platform import haproxy, local, process_tree
-from tests.conftest import eventually, scaled_up
+from tests.conftest import eventually, scaled_up, stack_up
 
 REPLICAS = 2
 RATE = 100.0  # requests per second
@@ -121,3 +121,17 @@ def test_a_killed_replica_costs_only_its_requests_in_flight_and_the_pool_heals(r
         f"requests sent after the replica died failed: {[a for a in failed if a.started > killed_at][:5]}"
     assert len(failed) <= len(in_flight), f"{len(failed)} failures, only {len(in_flight)} requests in flight"
     assert local.restart_count(settings, victim.name) > restarts_before, "the restart is counted"
+
+
+def test_prometheus_scrapes_each_replica_as_a_target_of_its_own(replicas, settings):
+    """Behind HAProxy one target would read a different replica's counters at each scrape."""
+    stack_up("monitoring")
+    wanted = {f"127.0.0.1:{replica.port(settings)}" for replica in replicas}
+
+    def serving_targets():
+        answer = httpx.get(f"{settings.prometheus_url}/api/v1/targets", timeout=10).json()
+        found = {t["labels"]["instance"]: t["health"] for t in answer["data"]["activeTargets"]
+                 if t["labels"]["job"] == "serving"}
+        return found if found == dict.fromkeys(wanted, "up") else None
+
+    eventually(serving_targets, timeout=90, interval=1, what=f"Prometheus scraping {sorted(wanted)}, each up")

@@ -8,6 +8,7 @@ does not.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -17,7 +18,14 @@ import pytest
 import yaml
 
 from mlops_platform.errors import PlatformError
-from mlops_platform.local_prepare import drop_docker_only_blocks, prepare_prometheus, render_prometheus_config
+from mlops_platform.local_prepare import (
+    drop_docker_only_blocks,
+    prepare_prometheus,
+    render_prometheus_config,
+    scrape_targets_file,
+    write_scrape_targets,
+)
+from mlops_platform.services import BY_NAME
 from tests.conftest import build_settings
 from tests.monitoring_config import (
     PROMETHEUS_CONFIG,
@@ -38,6 +46,7 @@ EXPECTED_JOBS = {
     "node": "node-exporter",
 }
 DOCKER_ONLY_JOBS = {"node"}
+REPLICATED_JOBS = ("serving", "stream-consumer")  # found by DNS in docker mode, one target per replica
 PRIVATE_PORTS = {
     "PROMETHEUS_PORT": "26090", "MLFLOW_PORT": "26500", "SERVING_PORT": "26800", "STREAM_CONSUMER_PORT": "26108",
     "PREDICTION_LOGGER_PORT": "26109", "MONITORING_SERVICE_PORT": "26110",
@@ -63,8 +72,14 @@ def local_settings(tmp_path: Path):
 
 
 def jobs_of(config: dict[str, Any]) -> dict[str, list[str]]:
-    return {job["job_name"]: [t for sc in job.get("static_configs", []) for t in sc["targets"]]
-            for job in config["scrape_configs"]}
+    """Job -> its targets: static ones, `name:port` of a DNS lookup, `file:<path>` of a targets file."""
+    jobs = {}
+    for job in config["scrape_configs"]:
+        targets = [t for sc in job.get("static_configs", []) for t in sc["targets"]]
+        targets += [f"{name}:{sd['port']}" for sd in job.get("dns_sd_configs", []) for name in sd["names"]]
+        targets += [f"file:{path}" for sd in job.get("file_sd_configs", []) for path in sd["files"]]
+        jobs[job["job_name"]] = targets
+    return jobs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,15 +118,34 @@ def test_local_rendering_uses_the_settings_ports_and_drops_docker_only_jobs(loca
     assert set(jobs) == set(EXPECTED_JOBS) - DOCKER_ONLY_JOBS
     expected = {
         "prometheus": PRIVATE_PORTS["PROMETHEUS_PORT"], "mlflow": PRIVATE_PORTS["MLFLOW_PORT"],
-        "serving": PRIVATE_PORTS["SERVING_PORT"], "stream-consumer": PRIVATE_PORTS["STREAM_CONSUMER_PORT"],
         "prediction-logger": PRIVATE_PORTS["PREDICTION_LOGGER_PORT"],
         "monitoring": PRIVATE_PORTS["MONITORING_SERVICE_PORT"],
     }
     for job, port in expected.items():
         assert jobs[job] == [f"127.0.0.1:{port}"], f"local mode scrapes {job} at {jobs[job]}"
+    for job in REPLICATED_JOBS:
+        assert jobs[job] == [f"file:targets/{job}.json"], f"local mode scrapes {job} at {jobs[job]}"
     for job, targets in jobs.items():
         for target in targets:
-            assert target.startswith("127.0.0.1:"), f"{job}: {target} is a compose name local mode cannot reach"
+            assert target.startswith(("127.0.0.1:", "file:")), f"{job}: {target} is a compose name local mode " \
+                                                                "cannot reach"
+
+
+def test_each_replica_is_a_target_of_its_own_and_a_new_count_rewrites_the_targets(local_settings) -> None:
+    prepare_prometheus(local_settings)
+    serving_base, consumer_base = int(PRIVATE_PORTS["SERVING_PORT"]), int(PRIVATE_PORTS["STREAM_CONSUMER_PORT"])
+    assert targets_in(local_settings, "serving") == [f"127.0.0.1:{serving_base + 100}"]  # HAProxy has the base
+    assert targets_in(local_settings, "stream-consumer") == [f"127.0.0.1:{consumer_base}"]
+    three = build_settings(local_settings.home, SERVING_REPLICAS="3", STREAM_CONSUMERS="2", **PRIVATE_PORTS)
+    for job in REPLICATED_JOBS:
+        write_scrape_targets(three, BY_NAME[job])
+    assert targets_in(three, "serving") == [f"127.0.0.1:{serving_base + 100 * i}" for i in (1, 2, 3)]
+    assert targets_in(three, "stream-consumer") == [f"127.0.0.1:{consumer_base + 100 * i}" for i in (0, 1)]
+
+
+def targets_in(settings, job: str) -> list[str]:
+    return [target for group in json.loads(scrape_targets_file(settings, job).read_text())
+            for target in group["targets"]]
 
 
 def test_docker_only_blocks_are_whole_lines_and_must_be_balanced() -> None:
