@@ -66,13 +66,14 @@ def preload(modules: Sequence[str] = PRELOADED) -> float:
     that is not fork-safe came in with them."""
     started = time.monotonic()
     threads_before = {thread.ident for thread in threading.enumerate()}
+    modules_before = set(sys.modules)
     for module in modules:
         importlib.import_module(module)
     new_threads = [thread.name for thread in threading.enumerate() if thread.ident not in threads_before]
     if new_threads:
         raise PreloadError(f"preloading {list(modules)} started thread(s) {new_threads}: tasks forked from this "
                            "process could hang on a lock one of them holds; take the module that starts them out")
-    unsafe = sorted(name for name in sys.modules if name.split(".")[0] in NOT_FORK_SAFE)
+    unsafe = sorted(name for name in set(sys.modules) - modules_before if name.split(".")[0] in NOT_FORK_SAFE)
     if unsafe:
         raise PreloadError(f"preloading {list(modules)} imported {unsafe[:5]}, which is not safe to fork tasks from")
     # Objects that exist now are never collected: the forked processes then share their pages.
