@@ -21,7 +21,7 @@ import socket
 import time
 from pathlib import Path
 
-from mlops_platform import process_tree, supervisor
+from mlops_platform import instances, process_tree, supervisor
 from mlops_platform.services import SERVICES, Service, pid_file
 from mlops_platform.settings import Settings
 
@@ -87,9 +87,15 @@ def unsupervised_processes(settings: Settings, name: str) -> list[int]:
 
 
 def running_services(settings: Settings) -> list[str]:
-    """Services with a live main process or any process left, and supervisord itself while it runs."""
-    names = [s.name for s in SERVICES if not s.docker_only and not s.one_shot
-             and (main_pid(settings, s.name) is not None or unsupervised_processes(settings, s.name))]
+    """Services (each instance of a scaled one) with a live main process or any process left, and
+    supervisord itself while it runs."""
+    candidates: list[str] = []
+    for service in SERVICES:
+        if not service.docker_only and not service.one_shot:
+            names_of = [one.name for one in instances.every(service, settings)]
+            candidates += [name for name in [service.name, *names_of] if name not in candidates]
+    names = [name for name in candidates
+             if main_pid(settings, name) is not None or unsupervised_processes(settings, name)]
     if supervisor.daemon_pid(settings) is not None:
         names.append("supervisord")
     return names

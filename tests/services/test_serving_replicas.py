@@ -135,3 +135,9 @@ def test_prometheus_scrapes_each_replica_as_a_target_of_its_own(replicas, settin
         return found if found == dict.fromkeys(wanted, "up") else None
 
     eventually(serving_targets, timeout=90, interval=1, what=f"Prometheus scraping {sorted(wanted)}, each up")
+
+
+def test_every_replica_counts_among_the_running_services(replicas, settings):
+    """What `all down` checks before it reports the platform stopped: a replica left running is not missed."""
+    running = local.running_services(settings)
+    assert {replica.name for replica in replicas} <= set(running), running
