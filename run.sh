@@ -356,66 +356,14 @@ cmd_test() {
     faults) log "running the fault-injection suite"; "$VENV_PY" -m pytest -m "faults" "$@" tests/services ;;
     docker) test_docker "$@" ;;
     all)
-      start_docker_warmup
       log "running the unit and service tests"
       "$VENV_PY" -m pytest -m "not docker" "$@"
       test_docker "$@" ;;
   esac
 }
 
-WARMUP_PID=""
-WARMUP_LOG="$TOOLS_DIR/docker-warmup.log"
-
-start_docker_warmup() {
-  # While the other suites run, prepare the docker suite at idle priority: engine, compose plugin, browser
-  # and images (a niced dockerd builds niced). Only as root, and only when no engine runs: one that runs
-  # is somebody's, and is left alone.
-  [[ "$(id -u)" -eq 0 ]] || return 0
-  docker_answers && return 0
-  mkdir -p "$TOOLS_DIR"
-  log "preparing the docker suite in the background at idle priority (log: $WARMUP_LOG)"
-  set -m  # the job gets a process group of its own, so it can be stopped whole
-  (
-    renice -n 19 -p "$BASHPID" >/dev/null
-    MODE_FLAG=docker
-    setup_docker_engine
-    command -v chromium >/dev/null 2>&1 || apt_install chromium
-    cmd_build
-  ) >"$WARMUP_LOG" 2>&1 &
-  WARMUP_PID=$!
-  set +m
-  trap stop_docker_warmup EXIT
-}
-
-stop_docker_warmup() {  # on exit: nothing of the preparation outlives run.sh
-  [[ -n "$WARMUP_PID" ]] && kill -- -"$WARMUP_PID" 2>/dev/null || true
-}
-
-finish_docker_warmup() {
-  # Wait for the preparation, then stop its niced engine: the suite's containers run at normal priority
-  # under an engine setup starts again (the images stay).
-  [[ -n "$WARMUP_PID" ]] || return 0
-  log "waiting for the docker suite's preparation"
-  if wait "$WARMUP_PID"; then
-    log "prepared: engine, compose plugin, browser and images"
-  else
-    log "the preparation failed (see $WARMUP_LOG); the docker suite prepares what is missing itself"
-  fi
-  WARMUP_PID=""
-  local pid tries=0
-  pid="$(pgrep -x dockerd || true)"
-  if [[ -n "$pid" && "$(ps -o ni= -p "$pid" | tr -d ' ')" -gt 0 ]]; then
-    kill "$pid"
-    while kill -0 "$pid" 2>/dev/null; do
-      (( tries++ < 60 )) || die "the preparation's dockerd (pid $pid) did not stop within 60 s"
-      sleep 1
-    done
-  fi
-}
-
 test_docker() {
   # The docker suite runs the platform in containers: it needs an engine, which setup starts as root.
-  finish_docker_warmup
   if ! (MODE_FLAG=docker setup_docker_engine); then
     echo "SKIPPED docker suite: no Docker engine can be started here (see above); run as root or start one"
     return 0
